@@ -1,0 +1,37 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="semi_nnunet",
+    version="0.1.0",
+    description="nnU-Net v2, made semi-supervised: unlabeled images as first-class data, "
+                "semi-supervised trainers, staged pseudo-labels and challenge-ready ensembling.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["semi_nnunet", "semi_nnunet.*"]),
+    include_package_data=True,
+    package_data={"semi_nnunet": ["demo_data/**/*", "demo_data/*"]},
+    install_requires=[
+        "nnunetv2>=2.8.1,<2.9",
+        "torch>=2.1.2",
+        "batchgeneratorsv2>=0.3",
+        "dynamic-network-architectures>=0.4",
+        "acvl-utils>=0.2",
+        "SimpleITK>=2.2",
+        "scikit-image>=0.21",
+        "scipy",
+        "numpy",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={
+        "console_scripts": [
+            "semi_nnUNet_plan_and_preprocess=semi_nnunet.run.plan_and_preprocess_entrypoint:main",
+            "semi_nnUNet_convert_hc18=semi_nnunet.run.conversion_entrypoints:convert_hc18_entry",
+            "semi_nnUNet_convert_msd_hippocampus=semi_nnunet.run.conversion_entrypoints:convert_msd_hippocampus_entry",
+            "semi_nnUNet_convert_2d=semi_nnunet.run.conversion_entrypoints:convert_2d_folder_entry",
+            "semi_nnUNet_demo=semi_nnunet.run.demo_entrypoint:main",
+        ],
+    },
+)
