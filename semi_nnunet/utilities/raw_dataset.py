@@ -199,6 +199,7 @@ def check_semi_dataset(raw_folder: str, read_headers: bool = True, read_pixels: 
                            f"found.", json_path, f"set \"numTraining\": {len(ds.labeled)}.")
 
     ds.unlabeled = list_cases(join(raw_folder, UNLABELED_FOLDER), ending, n_ch)
+    _check_unique_ids(ds.labeled, ds.unlabeled)
     num_unlabeled = dataset_json.get("numUnlabeled")
     if num_unlabeled is None and ds.unlabeled:
         raise DatasetError(f"{UNLABELED_FOLDER}/ holds {len(ds.unlabeled)} cases but dataset.json has no "
@@ -206,7 +207,6 @@ def check_semi_dataset(raw_folder: str, read_headers: bool = True, read_pixels: 
     if num_unlabeled is not None and num_unlabeled != len(ds.unlabeled):
         raise DatasetError(f"numUnlabeled is {num_unlabeled} but {join(raw_folder, UNLABELED_FOLDER)} holds "
                            f"{len(ds.unlabeled)} cases.", json_path, f"set \"numUnlabeled\": {len(ds.unlabeled)}.")
-    _check_unique_ids(ds.labeled, ds.unlabeled)
 
     test_ids = set(list_cases(join(raw_folder, "imagesTs"), ending, n_ch)) if isdir(join(raw_folder, "imagesTs")) \
         else set()

@@ -1,0 +1,188 @@
+"""``semi_nnUNet_plan_and_preprocess`` as Python functions.
+
+1. Check the raw dataset, unlabeled cases included (:func:`check_semi_dataset`), before anything is written.
+2. nnU-Net's fingerprint and plans from the **labeled cases only**, with nnU-Net's own extractor and planner (any
+   planner class, ResEnc included), so the plans are identical to stock nnU-Net's and ``nnUNetv2_predict`` works.
+3. Labeled cases preprocessed into nnU-Net's folder, unlabeled cases with the same plans into
+   ``<data_identifier>_unlabeled`` next to it; each case skipped when already done and current.
+4. ``gt_segmentations`` (as nnU-Net) and ``splits_final.json`` over labeled cases only.
+"""
+import os
+from typing import Dict, List, Optional, Sequence
+
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, maybe_mkdir_p
+
+from semi_nnunet.planners.preprocessing import files_stamp, preprocess_cases, unlabeled_folder_name
+from semi_nnunet.utilities.file_ops import copy_atomic, is_same_copy, save_json_atomic
+from semi_nnunet.utilities.raw_dataset import DatasetError, check_semi_dataset
+
+FINGERPRINT_STAMP = ".semi_nnunet_fingerprint_stamp.json"
+
+
+def _default_num_processes() -> int:
+    from nnunetv2.configuration import default_num_processes
+    return default_num_processes
+
+
+def find_dataset_name(dataset_id) -> str:
+    """``3`` or ``"Dataset003_X"`` -> ``"Dataset003_X"``, with a clear error when it is not in nnUNet_raw."""
+    from nnunetv2.paths import nnUNet_raw
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    if not nnUNet_raw.is_set():
+        raise DatasetError("The environment variable nnUNet_raw is not set.", "environment",
+                           "export nnUNet_raw=/path/to/raw (and nnUNet_preprocessed, nnUNet_results).")
+    try:
+        return str(maybe_convert_to_dataset_name(dataset_id))
+    except RuntimeError:
+        raise DatasetError(f"No dataset with id {dataset_id} in nnUNet_raw.", str(nnUNet_raw),
+                           "convert the dataset first (semi_nnUNet_convert_*) or check the id.") from None
+
+
+def extract_fingerprint_if_needed(dataset_name: str, labeled_files: List[str], dataset_json: dict,
+                                  num_processes: int, force: bool = False) -> bool:
+    """Run nnU-Net's fingerprint extractor unless the labeled files and dataset.json are unchanged. True if run."""
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+    from nnunetv2.paths import nnUNet_preprocessed
+    folder = join(str(nnUNet_preprocessed), dataset_name)
+    stamp_file = join(folder, FINGERPRINT_STAMP)
+    stamp = {"files": files_stamp(labeled_files), "dataset_json": {k: dataset_json[k] for k in sorted(dataset_json)
+                                                                   if k not in ("numUnlabeled",)}}
+    current = isfile(join(folder, "dataset_fingerprint.json")) and isfile(stamp_file) and load_json(stamp_file) == stamp
+    if current and not force:
+        print(f"Fingerprint of {dataset_name} is current; skipping its extraction.")
+        return False
+    DatasetFingerprintExtractor(dataset_name, max(1, num_processes), verbose=False).run(overwrite_existing=True)
+    maybe_mkdir_p(folder)
+    save_json_atomic(stamp, stamp_file)
+    return True
+
+
+def plan(dataset_name: str, planner: str = "ExperimentPlanner", plans_name: Optional[str] = None,
+         gpu_memory_target_in_gb: Optional[float] = None, preprocessor_name: str = "DefaultPreprocessor") -> str:
+    """nnU-Net's planner on the fingerprint (labeled cases). Returns the plans identifier."""
+    import nnunetv2
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+    planner_class = recursive_find_python_class(join(nnunetv2.__path__[0], "experiment_planning"), planner,
+                                                current_module="nnunetv2.experiment_planning")
+    if planner_class is None:
+        raise DatasetError(f"Unknown planner '{planner}'.", "-pl",
+                           "use an nnU-Net planner class name, e.g. ExperimentPlanner, nnUNetPlannerResEncM, "
+                           "nnUNetPlannerResEncL.")
+    # nnU-Net's VRAM estimate calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for the value 0 that we
+    # recommend for CPU runs (augmentation in the main process); planning does not use it otherwise.
+    n_proc_da = os.environ.get("nnUNet_n_proc_DA")
+    if n_proc_da is not None and int(n_proc_da) < 1:
+        os.environ["nnUNet_n_proc_DA"] = "1"
+    try:
+        _, plans_identifier = plan_experiment_dataset(convert_dataset_name_to_id(dataset_name), planner_class,
+                                                      gpu_memory_target_in_gb, preprocessor_name,
+                                                      overwrite_plans_name=plans_name)
+    finally:
+        if n_proc_da is not None:
+            os.environ["nnUNet_n_proc_DA"] = n_proc_da
+    return plans_identifier
+
+
+def write_splits(preprocessed_folder: str, labeled_ids: Sequence[str], unlabeled_ids: Sequence[str]) -> str:
+    """``splits_final.json`` over labeled cases only: nnU-Net's own seeded 5-fold split, created if missing.
+
+    An existing file is kept (as nnU-Net does) but must not name unlabeled or unknown cases.
+    """
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+    splits_file = join(preprocessed_folder, "splits_final.json")
+    labeled, unlabeled = set(labeled_ids), set(unlabeled_ids)
+    if isfile(splits_file):
+        for i, split in enumerate(load_json(splits_file)):
+            for part in ("train", "val"):
+                bad = sorted(set(split[part]) - labeled)
+                if bad:
+                    kind = "unlabeled" if set(bad) & unlabeled else "unknown"
+                    raise DatasetError(f"Fold {i} '{part}' of the splits file names {kind} case(s) {bad[:5]}.",
+                                       splits_file, "delete the file to regenerate it from the labeled cases, or "
+                                                    "remove those ids.")
+        return splits_file
+    if len(labeled) >= 2:
+        splits = generate_crossval_split(sorted(labeled), seed=12345, n_splits=min(5, len(labeled)))
+        save_json_atomic(splits, splits_file)
+    return splits_file
+
+
+def copy_gt_segmentations(preprocessed_folder: str, labels: Dict[str, str], file_ending: str) -> None:
+    """nnU-Net keeps a copy of the labeled ground truth for validation; same, but atomic and only when changed."""
+    out = join(preprocessed_folder, "gt_segmentations")
+    maybe_mkdir_p(out)
+    for case, label in labels.items():
+        target = join(out, case + file_ending)
+        if not is_same_copy(label, target):
+            copy_atomic(label, target)
+
+
+def plan_and_preprocess(dataset_id, configurations: Sequence[str] = ("2d", "3d_fullres"),
+                        planner: str = "ExperimentPlanner", plans_name: Optional[str] = None,
+                        verify_dataset_integrity: bool = False, num_processes: Optional[int] = None,
+                        gpu_memory_target_in_gb: Optional[float] = None, preprocess: bool = True,
+                        show_progress: bool = True) -> dict:
+    """The whole of ``semi_nnUNet_plan_and_preprocess``. Returns a summary (plans identifier, counts, folders)."""
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    if not nnUNet_preprocessed.is_set():
+        raise DatasetError("The environment variable nnUNet_preprocessed is not set.", "environment",
+                           "export nnUNet_preprocessed=/path/to/preprocessed.")
+    num_processes = _default_num_processes() if num_processes is None else num_processes
+    dataset_name = find_dataset_name(dataset_id)
+    raw_folder = join(str(nnUNet_raw), dataset_name)
+
+    # 1. every check before anything is written
+    ds = check_semi_dataset(raw_folder, read_headers=True, read_pixels=verify_dataset_integrity)
+    if verify_dataset_integrity:
+        from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity as nnunet_verify
+        nnunet_verify(raw_folder, max(1, num_processes))
+    print(f"{dataset_name}: {len(ds.labeled)} labeled, {len(ds.unlabeled)} unlabeled cases.")
+
+    # 2. fingerprint + plans from labeled cases only (nnU-Net never looks at imagesUnlabeled/)
+    labeled_files = [f for k in sorted(ds.labeled) for f in ds.labeled[k] + [ds.labels[k]]]
+    extract_fingerprint_if_needed(dataset_name, labeled_files, ds.dataset_json, num_processes)
+    plans_identifier = plan(dataset_name, planner, plans_name, gpu_memory_target_in_gb)
+    preprocessed_folder = join(str(nnUNet_preprocessed), dataset_name)
+    summary = {"dataset_name": dataset_name, "plans_identifier": plans_identifier, "configurations": {},
+               "num_labeled": len(ds.labeled), "num_unlabeled": len(ds.unlabeled)}
+    if not preprocess:
+        return summary
+
+    # 3. preprocessing, labeled and unlabeled, with the same plans
+    plans = load_json(join(preprocessed_folder, plans_identifier + ".json"))
+    dataset_json = load_json(join(preprocessed_folder, "dataset.json"))
+    available = PlansManager(plans).available_configurations
+    for c in configurations:
+        if c not in available:
+            print(f"INFO: configuration {c} is not in {plans_identifier}.json of {dataset_name} "
+                  f"(available: {available}). Skipping.")
+            continue
+        data_identifier = PlansManager(plans).get_configuration(c).data_identifier
+        labeled_out = join(preprocessed_folder, data_identifier)
+        unlabeled_out = join(preprocessed_folder, unlabeled_folder_name(data_identifier))
+        lab = preprocess_cases({k: (ds.labeled[k], ds.labels[k]) for k in ds.labeled}, labeled_out, plans, c,
+                               dataset_json, num_processes, "labeled cases", show_progress)
+        unl = preprocess_cases({k: (v, None) for k, v in ds.unlabeled.items()}, unlabeled_out, plans, c,
+                               dataset_json, num_processes, "unlabeled cases", show_progress)
+        summary["configurations"][c] = {"labeled": lab, "unlabeled": unl, "labeled_folder": labeled_out,
+                                        "unlabeled_folder": unlabeled_out}
+        print(f"{c}: labeled {lab['done']} done / {lab['skipped']} current; "
+              f"unlabeled {unl['done']} done / {unl['skipped']} current -> {unlabeled_out}")
+
+    # 4. ground truth copy and labeled-only splits
+    copy_gt_segmentations(preprocessed_folder, ds.labels, ds.dataset_json["file_ending"])
+    summary["splits_file"] = write_splits(preprocessed_folder, list(ds.labeled), list(ds.unlabeled))
+    return summary
+
+
+def get_unlabeled_folder(dataset_name: str, plans_identifier: str, configuration: str) -> str:
+    """Where the preprocessed unlabeled cases of a configuration live (used by the trainers)."""
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    folder = join(str(nnUNet_preprocessed), dataset_name)
+    pm = PlansManager(join(folder, plans_identifier + ".json"))
+    return join(folder, unlabeled_folder_name(pm.get_configuration(configuration).data_identifier))
+

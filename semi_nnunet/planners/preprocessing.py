@@ -1,0 +1,141 @@
+"""Case-by-case preprocessing with nnU-Net's own preprocessor, for labeled and unlabeled cases alike.
+
+nnU-Net's ``DefaultPreprocessor.run`` deletes its output folder and redoes every case. We call the same
+``run_case_save`` per case instead, which lets us
+
+* write unlabeled cases into their own folder (``<data_identifier>_unlabeled``), so nnU-Net's splits and loaders
+  never see them as all-background cases,
+* skip cases that are already done and current (a manifest records a stamp of the plans and source files per case),
+* write each case atomically (into a staging folder, then renamed), so an interrupted run never leaves a truncated
+  case that a loader would read.
+
+The preprocessed arrays are bit-identical to stock nnU-Net's, because the same preprocessor class does the work.
+An unlabeled case is preprocessed with ``seg_file=None``; its ``_seg.b2nd`` then holds only nnU-Net's nonzero mask
+(-1 outside the nonzero region, 0 inside), never a label.
+"""
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+from typing import Dict, List, Optional, Tuple
+
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, maybe_mkdir_p
+from tqdm import tqdm
+
+from semi_nnunet.utilities.file_ops import save_json_atomic
+
+MANIFEST = ".semi_nnunet_manifest.json"
+STAGING = ".staging"
+_CASE_SUFFIXES = (".b2nd", "_seg.b2nd", ".pkl")
+
+
+def unlabeled_folder_name(data_identifier: str) -> str:
+    """Folder (next to nnU-Net's ``<data_identifier>``) that holds the preprocessed unlabeled cases."""
+    return data_identifier + "_unlabeled"
+
+
+def configuration_stamp(plans: dict, configuration: str, dataset_json: dict) -> str:
+    """Hash of everything in the plans that changes a preprocessed case of ``configuration``."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    cm = PlansManager(plans).get_configuration(configuration)
+    relevant = {
+        "configuration": cm.configuration,
+        "transpose_forward": plans.get("transpose_forward"),
+        "intensity": plans.get("foreground_intensity_properties_per_channel"),
+        "labels": dataset_json.get("labels"),
+        "regions_class_order": dataset_json.get("regions_class_order"),
+    }
+    return hashlib.sha1(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def files_stamp(files: List[str]) -> str:
+    """Hash of the source files' names, sizes and modification times (cheap; no pixel data read)."""
+    h = hashlib.sha1()
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{os.path.abspath(f)}|{st.st_size}|{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
+def case_is_complete(folder: str, case: str) -> bool:
+    return all(isfile(join(folder, case + s)) for s in _CASE_SUFFIXES)
+
+
+def _preprocess_one(preprocessor, output_folder: str, case: str, images: List[str], label: Optional[str],
+                    plans_manager, configuration_manager, dataset_json: dict) -> str:
+    staging = join(output_folder, STAGING)
+    maybe_mkdir_p(staging)
+    truncated = join(staging, case)
+    try:
+        preprocessor.run_case_save(truncated, images, label, plans_manager, configuration_manager, dataset_json)
+        # the data file goes last: nnU-Net lists a folder's cases by their '.b2nd' data files
+        for suffix in ("_seg.b2nd", ".pkl", ".b2nd"):
+            os.replace(truncated + suffix, join(output_folder, case + suffix))
+    except BaseException:
+        for suffix in _CASE_SUFFIXES:
+            if os.path.exists(truncated + suffix):
+                os.remove(truncated + suffix)
+        raise
+    return case
+
+
+def _preprocess_one_star(args) -> str:
+    return _preprocess_one(*args)
+
+
+def preprocess_cases(cases: Dict[str, Tuple[List[str], Optional[str]]], output_folder: str, plans: dict,
+                     configuration: str, dataset_json: dict, num_processes: int = 1, desc: str = "cases",
+                     show_progress: bool = True) -> Dict[str, int]:
+    """Preprocess ``cases`` (id -> (image files, label file or None)) into ``output_folder``.
+
+    Skips cases whose outputs exist and whose stamp (plans + source files) is unchanged; removes outputs of cases
+    that are no longer in ``cases``. Returns counts: ``{"done": n_processed, "skipped": n, "removed": n}``.
+    """
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    plans_manager = PlansManager(plans)
+    configuration_manager = plans_manager.get_configuration(configuration)
+    maybe_mkdir_p(output_folder)
+    shutil.rmtree(join(output_folder, STAGING), ignore_errors=True)  # leftovers of an interrupted run
+
+    manifest_file = join(output_folder, MANIFEST)
+    manifest = load_json(manifest_file) if isfile(manifest_file) else {}
+    cfg = configuration_stamp(plans, configuration, dataset_json)
+    wanted = {k: cfg + ":" + files_stamp(imgs + ([lab] if lab else [])) for k, (imgs, lab) in cases.items()}
+
+    removed = 0
+    present = {f[:-len(".pkl")] for f in os.listdir(output_folder) if f.endswith(".pkl")} | \
+        {f[:-len(".b2nd")] for f in os.listdir(output_folder) if f.endswith(".b2nd") and not f.endswith("_seg.b2nd")}
+    for stale in sorted(present - set(cases)):
+        for suffix in _CASE_SUFFIXES:
+            if isfile(join(output_folder, stale + suffix)):
+                os.remove(join(output_folder, stale + suffix))
+        manifest.pop(stale, None)
+        removed += 1
+
+    todo = [k for k in sorted(cases) if manifest.get(k) != wanted[k] or not case_is_complete(output_folder, k)]
+    skipped = len(cases) - len(todo)
+    if todo:
+        preprocessor = configuration_manager.preprocessor_class(verbose=False)
+        jobs = [(preprocessor, output_folder, k, cases[k][0], cases[k][1], plans_manager, configuration_manager,
+                 dataset_json) for k in todo]
+        with tqdm(total=len(todo), desc=f"Preprocessing {desc} ({configuration})",
+                  disable=not show_progress) as bar:
+            def finished(k):
+                manifest[k] = wanted[k]
+                bar.update()
+                if bar.n % 50 == 0:
+                    save_json_atomic(manifest, manifest_file)
+
+            try:
+                if num_processes <= 1:
+                    for job in jobs:
+                        finished(_preprocess_one_star(job))
+                else:
+                    with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
+                        for k in pool.imap_unordered(_preprocess_one_star, jobs):
+                            finished(k)
+            finally:
+                save_json_atomic(manifest, manifest_file)
+    shutil.rmtree(join(output_folder, STAGING), ignore_errors=True)
+    return {"done": len(todo), "skipped": skipped, "removed": removed}
