@@ -25,8 +25,7 @@ from tqdm import tqdm
 
 from semi_nnunet.utilities.file_ops import save_json_atomic
 
-MANIFEST = ".semi_nnunet_manifest.json"
-STAGING = ".staging"
+STATE_FOLDER = ".semi_nnunet"  # next to the preprocessed folders: nnU-Net infers a folder's format from every file in it
 _CASE_SUFFIXES = (".b2nd", "_seg.b2nd", ".pkl")
 
 
@@ -62,9 +61,15 @@ def case_is_complete(folder: str, case: str) -> bool:
     return all(isfile(join(folder, case + s)) for s in _CASE_SUFFIXES)
 
 
+def _state_paths(output_folder: str) -> Tuple[str, str]:
+    """(manifest file, staging folder) of ``output_folder``, kept outside it."""
+    parent, name = os.path.split(os.path.abspath(output_folder))
+    return join(parent, STATE_FOLDER, name + ".manifest.json"), join(parent, STATE_FOLDER, "staging_" + name)
+
+
 def _preprocess_one(preprocessor, output_folder: str, case: str, images: List[str], label: Optional[str],
                     plans_manager, configuration_manager, dataset_json: dict) -> str:
-    staging = join(output_folder, STAGING)
+    staging = _state_paths(output_folder)[1]
     maybe_mkdir_p(staging)
     truncated = join(staging, case)
     try:
@@ -96,9 +101,8 @@ def preprocess_cases(cases: Dict[str, Tuple[List[str], Optional[str]]], output_f
     plans_manager = PlansManager(plans)
     configuration_manager = plans_manager.get_configuration(configuration)
     maybe_mkdir_p(output_folder)
-    shutil.rmtree(join(output_folder, STAGING), ignore_errors=True)  # leftovers of an interrupted run
-
-    manifest_file = join(output_folder, MANIFEST)
+    manifest_file, staging = _state_paths(output_folder)
+    shutil.rmtree(staging, ignore_errors=True)  # leftovers of an interrupted run
     manifest = load_json(manifest_file) if isfile(manifest_file) else {}
     cfg = configuration_stamp(plans, configuration, dataset_json)
     wanted = {k: cfg + ":" + files_stamp(imgs + ([lab] if lab else [])) for k, (imgs, lab) in cases.items()}
@@ -137,5 +141,5 @@ def preprocess_cases(cases: Dict[str, Tuple[List[str], Optional[str]]], output_f
                             finished(k)
             finally:
                 save_json_atomic(manifest, manifest_file)
-    shutil.rmtree(join(output_folder, STAGING), ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
     return {"done": len(todo), "skipped": skipped, "removed": removed}

@@ -1,0 +1,14 @@
+"""Short-schedule variants for smoke runs, the demo and benchmarks: subclasses that set attributes only."""
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from semi_nnunet.trainers.schedule import ScheduleMixin
+
+
+class nnUNetTrainer_demo(ScheduleMixin, nnUNetTrainer):
+    """The supervised nnU-Net baseline on a CPU budget: 8 epochs of 20 iterations (the demo)."""
+    schedule = dict(num_epochs=8, num_iterations_per_epoch=20, num_val_iterations_per_epoch=5, save_every=4)
+
+
+class nnUNetTrainer_2epochs_2it(ScheduleMixin, nnUNetTrainer):
+    """Two epochs of two iterations: integration tests."""
+    schedule = dict(num_epochs=2, num_iterations_per_epoch=2, num_val_iterations_per_epoch=1)
