@@ -1,0 +1,85 @@
+"""The demo: bundled HC18 subset -> convert -> plan and preprocess -> train -> predict the test images -> Dice.
+
+Everything lands in one working folder (nnU-Net's three folders inside it). A rerun skips every step that is done.
+"""
+import os
+import time
+from typing import Dict, Sequence
+
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
+
+DEMO_DATA = join(os.path.dirname(os.path.abspath(__file__)), "demo_data", "HC18_demo")
+DEMO_DATASET_ID = 990
+DEMO_DATASET_NAME = "HC18Demo"
+DEFAULT_TRAINERS = ("nnUNetTrainer_demo",)
+
+
+def convert_demo_data(raw_root: str, dataset_id: int = DEMO_DATASET_ID) -> str:
+    """The bundled subset in the semi-supervised raw format (skipped when already there)."""
+    from semi_nnunet.dataset_conversion.folder_2d import convert_2d_folder
+    folder = join(raw_root, f"Dataset{dataset_id:03d}_{DEMO_DATASET_NAME}")
+    if isfile(join(folder, "dataset.json")):
+        return folder
+    return convert_2d_folder(join(DEMO_DATA, "labeled", "images"), join(DEMO_DATA, "labeled", "masks"),
+                             dataset_id, DEMO_DATASET_NAME, unlabeled_dir=join(DEMO_DATA, "unlabeled"),
+                             test_images_dir=join(DEMO_DATA, "test", "images"),
+                             test_masks_dir=join(DEMO_DATA, "test", "masks"), label_names={0: "background", 1: "head"},
+                             output_root=raw_root)
+
+
+def predict_and_evaluate(model_folder: str, images: str, labels: str, output: str, device: str = "cpu",
+                         folds=("all",)) -> float:
+    """Predict ``images`` with nnU-Net's predictor and return the mean foreground Dice against ``labels``."""
+    import torch
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from semi_nnunet.run.train_api import register_with_nnunet
+    register_with_nnunet()  # nnU-Net's predictor finds the trainer class by name
+    predictor = nnUNetPredictor(device=torch.device(device), perform_everything_on_device=device != "cpu",
+                                allow_tqdm=True)
+    predictor.initialize_from_trained_model_folder(model_folder, use_folds=folds)
+    predictor.predict_from_files(images, output, overwrite=False, num_processes_preprocessing=1,
+                                 num_processes_segmentation_export=1)
+    dataset_json = load_json(join(model_folder, "dataset.json"))
+    labels_list = [v for v in dataset_json["labels"].values() if v != 0]
+    rw = determine_reader_writer_from_dataset_json(dataset_json, verbose=False)()
+    metrics = compute_metrics_on_folder(labels, output, join(output, "summary.json"), rw, dataset_json["file_ending"],
+                                        labels_list, num_processes=1)
+    return float(metrics["foreground_mean"]["Dice"])
+
+
+def run_demo(workdir: str = "semi_nnunet_demo", trainers: Sequence[str] = DEFAULT_TRAINERS, device: str = "cpu",
+             num_processes: int = 2) -> Dict[str, float]:
+    """Run the whole demo in ``workdir``; returns test Dice per trainer and prints where everything is."""
+    from semi_nnunet.dataset_conversion.synthetic import set_nnunet_paths
+    workdir = os.path.abspath(workdir)
+    paths = set_nnunet_paths(workdir)
+    os.environ.setdefault("nnUNet_n_proc_DA", str(num_processes))
+    from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
+    from semi_nnunet.run.train_api import train
+
+    start = time.time()
+    print(f"[1/4] Converting the bundled HC18 subset into {paths['nnUNet_raw']}")
+    raw = convert_demo_data(paths["nnUNet_raw"])
+    print("[2/4] Planning and preprocessing (labeled and unlabeled cases)")
+    plan_and_preprocess(DEMO_DATASET_ID, ["2d"], num_processes=num_processes)
+    scores = {}
+    for trainer in trainers:
+        from nnunetv2.utilities.file_path_utilities import get_output_folder
+        model = get_output_folder(f"Dataset{DEMO_DATASET_ID:03d}_{DEMO_DATASET_NAME}", trainer, "nnUNetPlans", "2d")
+        if isfile(join(model, "fold_all", "checkpoint_final.pth")):
+            print(f"[3/4] {trainer}: already trained ({model})")
+        else:
+            print(f"[3/4] Training {trainer} on the labeled cases (fold 'all', device {device})")
+            train(DEMO_DATASET_ID, "2d", trainer, ["all"], device=device)
+        print(f"[4/4] {trainer}: predicting the {len(os.listdir(join(raw, 'imagesTs')))} test images")
+        scores[trainer] = predict_and_evaluate(model, join(raw, "imagesTs"), join(raw, "labelsTs"),
+                                               join(workdir, "predictions", trainer), device)
+    print("\nTest Dice (fetal head, 20 held-out images):")
+    for trainer, dice in scores.items():
+        print(f"  {trainer:<28s} {dice:.4f}")
+    print(f"\nDone in {time.time() - start:.0f} s. Results are in {workdir}: predictions/<trainer>/ "
+          f"(summary.json holds per-case Dice), trained models in {paths['nnUNet_results']}.")
+    return scores
+

@@ -1,0 +1,27 @@
+"""semi_nnUNet_demo: argument parsing only; the work is in semi_nnunet.demo_api."""
+import argparse
+import sys
+
+from semi_nnunet.utilities.raw_dataset import DatasetError
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Run semi_nnunet end to end on the bundled HC18 subset (20 labeled, 40 unlabeled, 20 test "
+                    "images): convert, plan and preprocess, train, predict the test images and print Dice.")
+    parser.add_argument("-o", "--output", default="semi_nnunet_demo", help="working folder (default: %(default)s)")
+    parser.add_argument("-tr", nargs="+", default=None,
+                        help="trainers to compare (default: the supervised baseline nnUNetTrainer_demo)")
+    parser.add_argument("-device", default="cpu", choices=["cpu", "cuda", "mps"], help="default: cpu")
+    parser.add_argument("-np", type=int, default=2, help="worker processes (default: 2)")
+    args = parser.parse_args(argv)
+    from semi_nnunet.demo_api import DEFAULT_TRAINERS, run_demo
+    try:
+        run_demo(args.output, args.tr or DEFAULT_TRAINERS, args.device, args.np)
+    except (DatasetError, ValueError) as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
