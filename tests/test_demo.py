@@ -1,0 +1,27 @@
+"""The README's first command, on a 2-iteration budget: bundled data -> preprocess -> train -> predict -> Dice."""
+import math
+import os
+
+from semi_nnunet.demo_api import DEMO_DATA, run_demo
+
+
+def test_demo_runs_end_to_end_and_resumes(tmp_path, monkeypatch, capsys):
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(k, "unset-by-test")  # restored after the test; run_demo points them into its folder
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    workdir = tmp_path / "demo"
+    scores = run_demo(str(workdir), trainers=("nnUNetTrainer_2epochs_2it",), num_processes=1)
+    dice = scores["nnUNetTrainer_2epochs_2it"]
+    assert math.isfinite(dice) and 0.0 <= dice <= 1.0
+    predictions = workdir / "predictions" / "nnUNetTrainer_2epochs_2it"
+    assert len([f for f in os.listdir(predictions) if f.endswith(".png")]) == \
+        len(os.listdir(os.path.join(DEMO_DATA, "test", "images")))
+    assert (predictions / "summary.json").is_file()
+    unlabeled = workdir / "nnUNet_preprocessed" / "Dataset990_HC18Demo" / "nnUNetPlans_2d_unlabeled"
+    assert len([f for f in os.listdir(unlabeled) if f.endswith(".pkl")]) == \
+        len(os.listdir(os.path.join(DEMO_DATA, "unlabeled")))
+    assert f"Results are in {workdir}" in capsys.readouterr().out
+
+    again = run_demo(str(workdir), trainers=("nnUNetTrainer_2epochs_2it",), num_processes=1)
+    assert again == scores
+    assert "already trained" in capsys.readouterr().out
