@@ -1,6 +1,7 @@
 """Short-schedule variants for smoke runs, the demo and benchmarks: subclasses that set attributes only."""
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from semi_nnunet.trainers.mean_teacher import MeanTeacherTrainer
 from semi_nnunet.trainers.schedule import ScheduleMixin
 
 
@@ -12,3 +13,16 @@ class nnUNetTrainer_demo(ScheduleMixin, nnUNetTrainer):
 class nnUNetTrainer_2epochs_2it(ScheduleMixin, nnUNetTrainer):
     """Two epochs of two iterations: integration tests."""
     schedule = dict(num_epochs=2, num_iterations_per_epoch=2, num_val_iterations_per_epoch=1)
+
+
+class MeanTeacherTrainer_demo(MeanTeacherTrainer):
+    """Mean Teacher on the demo's CPU budget (same schedule as nnUNetTrainer_demo)."""
+    schedule = nnUNetTrainer_demo.schedule
+
+
+class MeanTeacherTrainer_2epochs_2it(MeanTeacherTrainer):
+    schedule = nnUNetTrainer_2epochs_2it.schedule
+
+
+class MeanTeacherTrainer_5epochs(MeanTeacherTrainer):
+    schedule = dict(num_epochs=5)

@@ -1,0 +1,319 @@
+"""``SemiSupervisedTrainer``: the one base class every semi-supervised method subclasses.
+
+It owns what methods share: the unlabeled loader (weak and strong views), the EMA teacher, ramp-up weights,
+logging (training log and ``progress.png``), checkpointing of the extra state, and **the update step**. A method
+file only computes losses:
+
+* ``supervised_loss(labeled)`` — ground truth only; the default is nnU-Net's deep-supervised Dice+CE of the student.
+* ``unlabeled_loss(unlabeled, labeled)`` — everything else, already multiplied by its (ramped) weight, plus a dict of
+  values to log. ``unlabeled["views"]`` is ``[weak, strong_1, ...]`` (same samples, same geometry).
+
+``compute_losses(batch) -> (supervised, unlabeled, logs)`` returns both parts. The update step computes them one
+after the other, with a backward pass after each: the labeled graph is freed before the unlabeled forward (lower peak
+memory, the same gradient as the backward of the sum, and each forward/backward pair all-reduces cleanly under DDP).
+That split is exactly what HCO needs: the labeled gradient is complete before the unlabeled forward starts. A method
+whose losses share one graph (e.g. a contrastive loss over labeled and unlabeled anchors) sets ``joint_losses = True``
+and overrides ``compute_losses``; the step then backpropagates the sum.
+
+Hyperparameters are class attributes, so a variant is a two-line subclass and nnU-Net's ``debug.json`` records them;
+nnU-Net's five constructor arguments are never extended.
+"""
+from collections import defaultdict
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from batchgenerators.utilities.file_and_folder_operations import join
+from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
+from torch import distributed as dist
+from torch._dynamo import OptimizedModule
+
+from semi_nnunet.planners.preprocessing import unlabeled_folder_name
+from semi_nnunet.trainers.ema import ema_decay, ema_update_, make_teacher
+from semi_nnunet.trainers.progress import append_curves_to_progress_png
+from semi_nnunet.trainers.ramps import RAMPS
+from semi_nnunet.trainers.schedule import ScheduleMixin
+from semi_nnunet.trainers.unlabeled_data import UnlabeledDataset, unlabeled_identifiers
+from semi_nnunet.trainers.views import WeakStrongViews, split_views
+from semi_nnunet.utilities.file_ops import atomic_path
+
+Losses = Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]
+
+
+class NoUnlabeledDataError(RuntimeError):
+    pass
+
+
+class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
+    """Base of every semi-supervised trainer. Subclasses implement :meth:`unlabeled_loss`."""
+
+    # --- hyperparameters (class attributes) ---
+    unlabeled_batch_size: Optional[int] = None  # None: the labeled batch size
+    num_strong_views: int = 1
+    use_teacher: bool = True
+    ema_decay: float = 0.99
+    rampup: str = "sigmoid"  # key of semi_nnunet.trainers.ramps.RAMPS
+    rampup_fraction: float = 0.4  # ramp length as a fraction of all training iterations
+    joint_losses: bool = False
+    requires_labels: bool = True  # False for methods that learn without ground truth (USL-Net)
+    method_log_keys: Tuple[str, ...] = ()  # per-epoch curves a method adds to the log and progress.png
+
+    base_log_keys = ("sup_loss", "unsup_loss", "unsup_weight")
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.teacher: Optional[torch.nn.Module] = None
+        self.dataloader_unlabeled = None
+        self.global_step = 0
+        self._epoch_logs: Dict[str, List[float]] = defaultdict(list)
+        self.unlabeled_folder = join(self.preprocessed_dataset_folder_base,
+                                     unlabeled_folder_name(self.configuration_manager.data_identifier)) \
+            if self.preprocessed_dataset_folder_base is not None else None
+        for key in self.log_keys:  # nnU-Net's logger accepts only the keys it knows
+            self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
+
+    @property
+    def log_keys(self) -> Tuple[str, ...]:
+        return tuple(self.base_log_keys) + tuple(self.method_log_keys)
+
+    # ------------------------------------------------------------------ what a method implements
+    def unlabeled_loss(self, unlabeled: dict, labeled: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """The unlabeled part of the loss, already weighted, and values to log. Methods override this."""
+        raise NotImplementedError(f"{type(self).__name__} must implement unlabeled_loss")
+
+    def supervised_loss(self, labeled: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """nnU-Net's deep-supervised Dice+CE of the student on ground truth."""
+        return self.loss(self.network(labeled["data"]), labeled["target"]), {}
+
+    def compute_losses(self, batch: dict) -> Losses:
+        """``(supervised, unlabeled, logs)`` for ``batch = {"labeled": ..., "unlabeled": ...}`` (on the device)."""
+        sup, logs = self.supervised_loss(batch["labeled"])
+        unsup, logs_u = self.unlabeled_loss(batch["unlabeled"], batch["labeled"])
+        return sup, unsup, {**logs, **logs_u}
+
+    # ------------------------------------------------------------------ helpers for methods
+    def unlabeled_weight(self, weight: float = 1.0) -> float:
+        """``weight`` times the ramp-up (``rampup`` over ``rampup_fraction`` of all iterations)."""
+        length = self.rampup_fraction * self.num_epochs * self.num_iterations_per_epoch
+        return weight * RAMPS[self.rampup](self.global_step, length)
+
+    @staticmethod
+    def full_resolution(output):
+        """The full-resolution output of a (possibly deep-supervised) network."""
+        return output[0] if isinstance(output, (list, tuple)) else output
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax, or sigmoid for region-based training (nnU-Net's inference nonlinearity)."""
+        return torch.sigmoid(logits) if self.label_manager.has_regions else torch.softmax(logits, 1)
+
+    @torch.no_grad()
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.full_resolution(self.teacher(x))
+
+    def unwrapped_network(self) -> torch.nn.Module:
+        mod = self.network.module if self.is_ddp else self.network
+        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+
+    # ------------------------------------------------------------------ set-up
+    def initialize(self):
+        super().initialize()
+        if self.use_teacher:
+            self.teacher = make_teacher(self.unwrapped_network())
+            self.teacher.decoder.deep_supervision = False
+
+    def check_unlabeled_data(self) -> List[str]:
+        ids = unlabeled_identifiers(self.unlabeled_folder)
+        if not ids:
+            raise NoUnlabeledDataError(
+                f"{type(self).__name__} needs unlabeled cases, but {self.unlabeled_folder} holds none. Put unlabeled "
+                f"images into imagesUnlabeled/ of the raw dataset (with \"numUnlabeled\" in dataset.json) and run "
+                f"semi_nnUNet_plan_and_preprocess -d {self.plans_manager.dataset_name} -c {self.configuration_name}.")
+        return ids
+
+    def get_unlabeled_dataloader(self):
+        ids = self.check_unlabeled_data()
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        weak = self.get_training_transforms(
+            self.configuration_manager.patch_size, rotation, None, mirror_axes, dummy_2d,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=False,
+            foreground_labels=self.label_manager.foreground_labels,
+            regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
+            ignore_label=self.label_manager.ignore_label)
+        views = WeakStrongViews(self.num_strong_views, ignore_axes=(0,) if dummy_2d else None)
+        loader = nnUNetDataLoader(UnlabeledDataset(self.unlabeled_folder, ids),
+                                  self.unlabeled_batch_size or self.batch_size, initial_patch_size,
+                                  self.configuration_manager.patch_size, self.label_manager,
+                                  oversample_foreground_percent=0.0, transforms=ComposeTransforms([weak, views]))
+        n = get_allowed_n_proc_DA()
+        if n == 0:
+            return SingleThreadedAugmenter(loader, None)
+        return NonDetMultiThreadedAugmenter(loader, None, num_processes=max(1, n // 2), num_cached=max(3, n // 2),
+                                            seeds=None, pin_memory=self.device.type == "cuda", wait_time=0.002)
+
+    def get_dataloaders(self):
+        train, val = super().get_dataloaders()
+        self.dataloader_unlabeled = self.get_unlabeled_dataloader()
+        return train, val
+
+    def on_train_start(self):
+        self.check_unlabeled_data()  # fail before nnU-Net starts its loaders
+        super().on_train_start()
+
+    def on_train_end(self):
+        super().on_train_end()
+        if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
+            self.dataloader_unlabeled._finish()
+        self.dataloader_unlabeled = None
+
+    # ------------------------------------------------------------------ the update step
+    def _to_device(self, batch: dict) -> dict:
+        out = dict(batch)
+        for key in ("data", "target"):
+            value = batch.get(key)
+            if isinstance(value, list):
+                out[key] = [v.to(self.device, non_blocking=True) for v in value]
+            elif isinstance(value, torch.Tensor):
+                out[key] = value.to(self.device, non_blocking=True)
+        return out
+
+    def prepare_unlabeled(self, batch: dict) -> dict:
+        batch = self._to_device(batch)
+        batch["views"] = split_views(batch["data"], self.num_input_channels)
+        return batch
+
+    def _autocast(self):
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if not loss.requires_grad:
+            return
+        (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+
+    def _clip_and_step(self) -> None:
+        if self.grad_scaler is not None:
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+
+    def update_step(self, labeled: dict, unlabeled: dict) -> Losses:
+        """Backward(s) and the optimizer step; returns the detached losses and logs."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.joint_losses:
+            with self._autocast():
+                sup, unsup, logs = self.compute_losses({"labeled": labeled, "unlabeled": unlabeled})
+            self._backward(sup + unsup)
+        else:
+            with self._autocast():
+                sup, logs = self.supervised_loss(labeled)
+            self._backward(sup)
+            with self._autocast():
+                unsup, logs_u = self.unlabeled_loss(unlabeled, labeled)
+            self._backward(unsup)
+            logs = {**logs, **logs_u}
+        self._clip_and_step()
+        return sup.detach(), unsup.detach(), logs
+
+    def after_step(self) -> None:
+        if self.teacher is not None:
+            ema_update_(self.teacher, self.unwrapped_network(), ema_decay(self.global_step, self.ema_decay))
+        self.global_step += 1
+
+    def train_step(self, batch: dict) -> dict:
+        labeled = self._to_device(batch)
+        unlabeled = self.prepare_unlabeled(next(self.dataloader_unlabeled))
+        sup, unsup, logs = self.update_step(labeled, unlabeled)
+        self.after_step()
+        logs = {"sup_loss": sup, "unsup_loss": unsup, "unsup_weight": self.unlabeled_weight(), **logs}
+        for key, value in logs.items():
+            self._epoch_logs[key].append(float(value))
+        return {"loss": (sup + unsup).cpu().numpy()}
+
+    # ------------------------------------------------------------------ logging
+    def on_train_epoch_start(self):
+        self._epoch_logs = defaultdict(list)
+        super().on_train_epoch_start()
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        for key in self.log_keys:
+            values = self._epoch_logs.get(key, [])
+            value = float(np.mean(values)) if values else float("nan")
+            if self.is_ddp:
+                gathered = [None] * dist.get_world_size()
+                dist.all_gather_object(gathered, value)
+                value = float(np.nanmean(gathered))
+            self.logger.log(key, value, self.current_epoch)
+        self.print_to_log_file(", ".join(f"{k} {self.logger.get_value(k, step=-1):.4g}" for k in self.log_keys))
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        if self.local_rank == 0:
+            append_curves_to_progress_png(self.output_folder, self.logger.local_logger.my_fantastic_logging,
+                                          self.log_keys)
+
+    # ------------------------------------------------------------------ checkpoints
+    def extra_checkpoint_state(self) -> dict:
+        """State beyond nnU-Net's keys (teacher, step counter); methods with more state extend this."""
+        return {"teacher_weights": self.teacher.state_dict() if self.teacher is not None else None,
+                "semi_global_step": self.global_step}
+
+    def load_extra_checkpoint_state(self, checkpoint: dict) -> None:
+        if self.teacher is not None:
+            if checkpoint.get("teacher_weights") is not None:
+                self.teacher.load_state_dict(checkpoint["teacher_weights"])
+            else:  # e.g. -pretrained_weights or a stock nnU-Net checkpoint: start the teacher at the student
+                self.teacher.load_state_dict(self.unwrapped_network().state_dict())
+        self.global_step = checkpoint.get("semi_global_step", self.current_epoch * self.num_iterations_per_epoch)
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint (``network_weights`` = the student, the inference model) plus our state, written
+        atomically so an interruption never leaves a truncated checkpoint."""
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        checkpoint = {
+            "network_weights": self.unwrapped_network().state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            **self.extra_checkpoint_state(),
+        }
+        with atomic_path(filename) as tmp:
+            torch.save(checkpoint, tmp)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)  # nnU-Net restores student, optimizer, logger, epoch
+        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False) \
+            if isinstance(filename_or_checkpoint, str) else filename_or_checkpoint
+        for key in self.log_keys:  # checkpoints from before a curve existed
+            self.logger.local_logger.my_fantastic_logging.setdefault(key, [float("nan")] * self.current_epoch)
+        self.load_extra_checkpoint_state(checkpoint)
+
+
+def unlabeled_preprocessed(trainer_class: type, preprocessed_dataset_folder_base: str, data_identifier: str) -> bool:
+    """True when ``trainer_class`` needs no unlabeled data or finds some (used before any training starts)."""
+    if not issubclass(trainer_class, SemiSupervisedTrainer):
+        return True
+    folder = join(preprocessed_dataset_folder_base, unlabeled_folder_name(data_identifier))
+    return bool(unlabeled_identifiers(folder))
+
