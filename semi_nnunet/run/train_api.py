@@ -76,6 +76,7 @@ def train(dataset: Union[int, str], configuration: str, trainer: str = "nnUNetTr
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
     from semi_nnunet.planners.plan_and_preprocess_api import find_dataset_name
+    trainer_class = find_trainer_class(trainer)  # fails early, with close matches, before any fold starts
     dataset_name = find_dataset_name(dataset)
     plans_file = join(str(nnUNet_preprocessed), dataset_name, plans_identifier + ".json")
     if not isfile(plans_file):
@@ -84,7 +85,13 @@ def train(dataset: Union[int, str], configuration: str, trainer: str = "nnUNetTr
     available = list(load_json(plans_file)["configurations"])
     if configuration not in available:
         raise TrainingError(f"Configuration '{configuration}' is not in {plans_file} (available: {available}).")
-    find_trainer_class(trainer)  # fails early, with close matches, before any fold starts
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from semi_nnunet.trainers.base import unlabeled_preprocessed
+    data_identifier = PlansManager(plans_file).get_configuration(configuration).data_identifier
+    if not unlabeled_preprocessed(trainer_class, join(str(nnUNet_preprocessed), dataset_name), data_identifier):
+        raise TrainingError(f"{trainer} needs unlabeled cases, but none are preprocessed for {configuration}: put "
+                            f"unlabeled images into imagesUnlabeled/ of the raw dataset (with \"numUnlabeled\" in "
+                            f"dataset.json) and run semi_nnUNet_plan_and_preprocess -d {dataset} -c {configuration}.")
     folds = folds_from_splits(dataset_name) if not folds else [f if f == "all" else int(f) for f in folds]
     n_splits = None
     for f in folds:

@@ -1,0 +1,43 @@
+"""semi_nnUNet_train: argument parsing only; the work is in semi_nnunet.run.train_api."""
+import argparse
+import sys
+
+from semi_nnunet.utilities.raw_dataset import DatasetError
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Train a semi_nnunet (or nnU-Net) trainer: semi_nnUNet_train DATASET CONFIG TRAINER [FOLD ...]. "
+                    "With no fold, every fold of splits_final.json is trained in turn.")
+    parser.add_argument("dataset", help="dataset id or name")
+    parser.add_argument("configuration", help="e.g. 2d, 3d_fullres")
+    parser.add_argument("trainer", help="trainer class name, e.g. MeanTeacherTrainer or nnUNetTrainer (baseline)")
+    parser.add_argument("folds", nargs="*", help="folds (0 1 2 3 4 or all); default: every fold of the splits")
+    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    parser.add_argument("-device", default="cuda", choices=["cpu", "cuda", "mps"], help="default: cuda")
+    parser.add_argument("-num_gpus", type=int, default=1, help="GPUs for DDP training (default 1)")
+    parser.add_argument("-pretrained_weights", default=None, help="checkpoint to initialise the network from")
+    parser.add_argument("--c", action="store_true", help="continue from the latest checkpoint")
+    parser.add_argument("--val", action="store_true", help="only run the final validation")
+    parser.add_argument("--val_best", action="store_true", help="validate with checkpoint_best instead of final")
+    parser.add_argument("--npz", action="store_true", help="save softmax outputs of the validation (ensembling)")
+    args = parser.parse_args(argv)
+
+    from semi_nnunet.run.train_api import TrainingError, train
+    try:
+        outputs = train(args.dataset, args.configuration, args.trainer, args.folds or None, args.p, args.device,
+                        args.c, args.val, args.npz, args.num_gpus, args.pretrained_weights, args.val_best)
+    except (TrainingError, DatasetError) as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        sys.exit(2)
+    print("Trained models:\n  " + "\n  ".join(outputs))
+
+
+def ext_path_main() -> None:
+    """semi_nnUNet_ext_path: the folder for nnUNet_extTrainer (stock nnU-Net commands then find our trainers)."""
+    from semi_nnunet.run.train_api import ext_trainer_path
+    print(ext_trainer_path())
+
+
+if __name__ == "__main__":
+    main()

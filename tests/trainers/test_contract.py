@@ -1,0 +1,70 @@
+"""The contract every registered semi-supervised trainer keeps (new methods are covered the day they register).
+
+On a random batch: ``compute_losses`` gives finite supervised and unlabeled losses, the unlabeled loss sends a
+nonzero gradient to the student, and the teacher (if any) gets none.
+"""
+import math
+
+import pytest
+import torch
+from batchgenerators.utilities.file_and_folder_operations import join, load_json
+
+from semi_nnunet.dataset_conversion.synthetic import make_synthetic_dataset
+from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
+from semi_nnunet.trainers import all_trainer_classes
+from semi_nnunet.trainers.base import SemiSupervisedTrainer
+
+METHOD_TRAINERS = sorted(name for name, cls in all_trainer_classes().items()
+                         if issubclass(cls, SemiSupervisedTrainer) and cls is not SemiSupervisedTrainer)
+
+
+def test_every_method_is_registered():
+    assert "MeanTeacherTrainer" in METHOD_TRAINERS
+
+
+@pytest.fixture(scope="module")
+def planned(module_paths):
+    make_synthetic_dataset(module_paths["nnUNet_raw"], 951, dim=2, num_labeled=5, num_unlabeled=3,
+                           image_classes=True)
+    plan_and_preprocess(951, ["2d"], num_processes=1, show_progress=False)
+    pre = join(module_paths["nnUNet_preprocessed"], "Dataset951_Synthetic2D")
+    return load_json(join(pre, "nnUNetPlans.json")), load_json(join(pre, "dataset.json"))
+
+
+def random_batch(trainer, generator):
+    """A labeled batch (with deep-supervision targets) and an unlabeled batch of stacked views, on the CPU."""
+    patch = [int(s) for s in trainer.configuration_manager.patch_size]
+    b, c = trainer.batch_size, trainer.num_input_channels
+    num_classes = len(trainer.label_manager.all_labels)
+    targets = []
+    for scale in trainer._get_deep_supervision_scales():
+        shape = [max(1, round(p * s)) for p, s in zip(patch, scale)]
+        targets.append(torch.randint(0, num_classes, (b, 1, *shape), generator=generator).float())
+    labeled = {"data": torch.randn((b, c, *patch), generator=generator), "target": targets,
+               "keys": [f"lab{i:03d}" for i in range(b)]}
+    views = 1 + trainer.num_strong_views
+    unlabeled = {"data": torch.randn((b, c * views, *patch), generator=generator),
+                 "keys": [f"unl{i:03d}" for i in range(b)]}
+    return labeled, trainer.prepare_unlabeled(unlabeled)
+
+
+@pytest.mark.parametrize("name", METHOD_TRAINERS)
+def test_trainer_contract(planned, name):
+    plans, dataset_json = planned
+    cls = all_trainer_classes()[name]
+    trainer = cls({**plans, "continue_training": False}, "2d", 0, dataset_json, torch.device("cpu"))
+    trainer.initialize()
+    trainer.global_step = trainer.num_epochs * trainer.num_iterations_per_epoch // 2  # mid-training weights
+    labeled, unlabeled = random_batch(trainer, torch.Generator().manual_seed(0))
+
+    sup, unsup, logs = trainer.compute_losses({"labeled": labeled, "unlabeled": unlabeled})
+    assert math.isfinite(sup.item()) and math.isfinite(unsup.item())
+    assert all(math.isfinite(float(v)) for v in logs.values())
+
+    trainer.network.zero_grad(set_to_none=True)
+    unsup.backward()
+    grads = [p.grad for p in trainer.network.parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads), "the unlabeled loss must train the student"
+    if trainer.teacher is not None:
+        assert all(p.grad is None for p in trainer.teacher.parameters()), "the teacher must get no gradient"
+        assert all(not p.requires_grad for p in trainer.teacher.parameters())
