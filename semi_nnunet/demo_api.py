@@ -11,7 +11,7 @@ from batchgenerators.utilities.file_and_folder_operations import isfile, join, l
 DEMO_DATA = join(os.path.dirname(os.path.abspath(__file__)), "demo_data", "HC18_demo")
 DEMO_DATASET_ID = 990
 DEMO_DATASET_NAME = "HC18Demo"
-DEFAULT_TRAINERS = ("nnUNetTrainer_demo",)
+DEFAULT_TRAINERS = ("nnUNetTrainer_demo", "MeanTeacherTrainer_demo")
 
 
 def convert_demo_data(raw_root: str, dataset_id: int = DEMO_DATASET_ID) -> str:

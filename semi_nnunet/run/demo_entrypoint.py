@@ -11,7 +11,8 @@ def main(argv=None) -> None:
                     "images): convert, plan and preprocess, train, predict the test images and print Dice.")
     parser.add_argument("-o", "--output", default="semi_nnunet_demo", help="working folder (default: %(default)s)")
     parser.add_argument("-tr", nargs="+", default=None,
-                        help="trainers to compare (default: the supervised baseline nnUNetTrainer_demo)")
+                        help="trainers to compare (default: the supervised baseline nnUNetTrainer_demo and "
+                             "MeanTeacherTrainer_demo)")
     parser.add_argument("-device", default="cpu", choices=["cpu", "cuda", "mps"], help="default: cpu")
     parser.add_argument("-np", type=int, default=2, help="worker processes (default: 2)")
     args = parser.parse_args(argv)
