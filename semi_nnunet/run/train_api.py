@@ -41,10 +41,11 @@ def _nnunet_trainer_names() -> List[str]:
 
 def find_trainer_class(name: str) -> type:
     """Our trainers first, then nnU-Net's (so ``nnUNetTrainer`` is the supervised baseline on the same data)."""
-    from semi_nnunet.trainers import all_trainer_classes
+    from semi_nnunet.trainers import all_trainer_classes, find_trainer
+    found = find_trainer(name)
+    if found is not None:
+        return found
     ours = all_trainer_classes()
-    if name in ours:
-        return ours[name]
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     try:
         return recursive_find_trainer_class_by_name(name)
@@ -64,6 +65,21 @@ def folds_from_splits(dataset_name: str) -> List[int]:
     return list(range(len(load_json(splits_file))))
 
 
+def with_optimizer(trainer: str, optimizer: Optional[str]) -> str:
+    """``--optimizer``: the trainer's optimizer variant name (``MeanTeacherTrainer`` + ``hco_adamw`` ->
+    ``MeanTeacherTrainer_hco_adamw``), checked to be a semi-supervised trainer."""
+    if not optimizer:
+        return trainer
+    from semi_nnunet.trainers.base import SemiSupervisedTrainer
+    from semi_nnunet.trainers.optimizers import OPTIMIZERS
+    if optimizer not in OPTIMIZERS:
+        raise TrainingError(f"Unknown optimizer '{optimizer}'; choose one of {', '.join(OPTIMIZERS)}.")
+    if not issubclass(find_trainer_class(trainer), SemiSupervisedTrainer):
+        raise TrainingError(f"--optimizer applies to semi-supervised trainers; {trainer} is not one (for nnU-Net's "
+                            f"own optimizer variants use e.g. nnUNetTrainerAdam).")
+    return f"{trainer}_{optimizer}"
+
+
 def train(dataset: Union[int, str], configuration: str, trainer: str = "nnUNetTrainer",
           folds: Optional[Sequence[Union[int, str]]] = None, plans_identifier: str = "nnUNetPlans",
           device: str = "cuda", continue_training: bool = False, only_run_validation: bool = False,
@@ -77,6 +93,9 @@ def train(dataset: Union[int, str], configuration: str, trainer: str = "nnUNetTr
 
     from semi_nnunet.planners.plan_and_preprocess_api import find_dataset_name
     trainer_class = find_trainer_class(trainer)  # fails early, with close matches, before any fold starts
+    if not getattr(trainer_class, "requires_labels", True) and (trainer_class.optimizer_name or "").startswith("hco"):
+        raise TrainingError(f"{trainer} learns without labels, so HCO has no labeled gradient to trust; use "
+                            f"--optimizer sgd or adamw.")
     dataset_name = find_dataset_name(dataset)
     plans_file = join(str(nnUNet_preprocessed), dataset_name, plans_identifier + ".json")
     if not isfile(plans_file):

@@ -21,11 +21,15 @@ def main(argv=None) -> None:
     parser.add_argument("--val", action="store_true", help="only run the final validation")
     parser.add_argument("--val_best", action="store_true", help="validate with checkpoint_best instead of final")
     parser.add_argument("--npz", action="store_true", help="save softmax outputs of the validation (ensembling)")
+    parser.add_argument("--optimizer", default=None,
+                        choices=["sgd", "adamw", "hco_sgd", "hco_adamw", "co_sgd", "co_adamw"],
+                        help="optimizer of a semi-supervised trainer (default: the trainer's, nnU-Net's SGD); "
+                             "trains the variant TRAINER_<optimizer>, so results go to their own folder")
     args = parser.parse_args(argv)
 
-    from semi_nnunet.run.train_api import TrainingError, train
+    from semi_nnunet.run.train_api import TrainingError, train, with_optimizer
     try:
-        outputs = train(args.dataset, args.configuration, args.trainer, args.folds or None, args.p, args.device,
+        outputs = train(args.dataset, args.configuration, with_optimizer(args.trainer, args.optimizer), args.folds or None, args.p, args.device,
                         args.c, args.val, args.npz, args.num_gpus, args.pretrained_weights, args.val_best)
     except (TrainingError, DatasetError) as e:
         print(f"ERROR: {e}", file=sys.stderr)

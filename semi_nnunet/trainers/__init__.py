@@ -16,6 +16,14 @@ def all_trainer_classes() -> Dict[str, type]:
     for info in pkgutil.walk_packages(__path__, prefix=__name__ + "."):
         module = importlib.import_module(info.name)
         for name, obj in vars(module).items():
-            if inspect.isclass(obj) and issubclass(obj, nnUNetTrainer) and obj.__module__ == module.__name__:
+            if inspect.isclass(obj) and issubclass(obj, nnUNetTrainer) and obj.__module__ == module.__name__ \
+                    and not module.__name__.endswith("optimizer_variants"):  # those are made on demand
                 found[name] = obj
     return found
+
+
+def find_trainer(name: str):
+    """A trainer of this package by class name, optimizer variants (``_HCO``, ``_hco_adamw``, ...) included; or None."""
+    from semi_nnunet.trainers.optimizer_variants import resolve
+    classes = all_trainer_classes()
+    return classes.get(name) or resolve(name, classes)

@@ -37,6 +37,7 @@ from torch._dynamo import OptimizedModule
 
 from semi_nnunet.planners.preprocessing import unlabeled_folder_name
 from semi_nnunet.trainers.ema import ema_decay, ema_update_, make_teacher
+from semi_nnunet.trainers.optimizers import HCOScaler, build_optimizer, clip_, is_two_gradient
 from semi_nnunet.trainers.progress import append_curves_to_progress_png
 from semi_nnunet.trainers.ramps import RAMPS
 from semi_nnunet.trainers.schedule import ScheduleMixin
@@ -64,13 +65,19 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
     joint_losses: bool = False
     requires_labels: bool = True  # False for methods that learn without ground truth (USL-Net)
     method_log_keys: Tuple[str, ...] = ()  # per-epoch curves a method adds to the log and progress.png
+    # optimizer (semi_nnunet/trainers/optimizers.py): None = nnU-Net's SGD; sgd, adamw, hco_sgd, hco_adamw, ...
+    optimizer_name: Optional[str] = None
+    adamw_initial_lr: float = 1e-3
+    hco_start_epoch: int = 0  # epochs of warm-up with the base optimizer before HCO starts
+    hco_lr_scale: float = 1.0
 
-    base_log_keys = ("sup_loss", "unsup_loss", "unsup_weight")
+    base_log_keys = ("sup_loss", "unsup_loss", "unsup_weight", "unsup_sup_ratio")
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.teacher: Optional[torch.nn.Module] = None
+        self._hco_scaler = HCOScaler(self.grad_scaler)
         self.dataloader_unlabeled = None
         self.global_step = 0
         self._epoch_logs: Dict[str, List[float]] = defaultdict(list)
@@ -82,7 +89,8 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
 
     @property
     def log_keys(self) -> Tuple[str, ...]:
-        return tuple(self.base_log_keys) + tuple(self.method_log_keys)
+        hco = ("hco_mask_ratio",) if (self.optimizer_name or "").startswith("hco") else ()
+        return tuple(self.base_log_keys) + hco + tuple(self.method_log_keys)
 
     # ------------------------------------------------------------------ what a method implements
     def unlabeled_loss(self, unlabeled: dict, labeled: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
@@ -128,6 +136,9 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
         if self.use_teacher:
             self.teacher = make_teacher(self.unwrapped_network())
             self.teacher.decoder.deep_supervision = False
+
+    def configure_optimizers(self):
+        return build_optimizer(self)
 
     def check_unlabeled_data(self) -> List[str]:
         ids = unlabeled_identifiers(self.unlabeled_folder)
@@ -210,6 +221,8 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
 
     def update_step(self, labeled: dict, unlabeled: dict) -> Losses:
         """Backward(s) and the optimizer step; returns the detached losses and logs."""
+        if is_two_gradient(self.optimizer) and self.current_epoch >= self.hco_start_epoch:
+            return self.hco_update_step(labeled, unlabeled)
         self.optimizer.zero_grad(set_to_none=True)
         if self.joint_losses:
             with self._autocast():
@@ -226,6 +239,41 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
         self._clip_and_step()
         return sup.detach(), unsup.detach(), logs
 
+    def hco_update_step(self, labeled: dict, unlabeled: dict) -> Losses:
+        """HCO: the labeled and unlabeled gradients kept apart (spec wiring B: labeled forward and backward, gradients
+        set aside by pointer swap, then unlabeled forward and backward; no extra FLOPs). AMP: both sets unscaled by
+        hand with one finiteness check; each set clipped to nnU-Net's max norm 12 separately."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.joint_losses:  # wiring C: one graph, the labeled gradient by autograd.grad
+            if self.is_ddp:
+                raise RuntimeError(f"{type(self).__name__}: HCO with joint_losses is not supported under DDP")
+            with self._autocast():
+                sup, unsup, logs = self.compute_losses({"labeled": labeled, "unlabeled": unlabeled})
+            scaled = self.grad_scaler.scale(sup) if self.grad_scaler is not None else sup
+            grads_l = list(torch.autograd.grad(scaled, params, retain_graph=True, allow_unused=True))
+        else:
+            with self._autocast():
+                sup, logs = self.supervised_loss(labeled)
+            self._backward(sup)
+            grads_l = [p.grad for p in params]
+            for p in params:
+                p.grad = None
+            with self._autocast():
+                unsup, logs_u = self.unlabeled_loss(unlabeled, labeled)
+            logs = {**logs, **logs_u}
+        self._backward(unsup)
+        grads_u = [p.grad for p in params]
+        finite = self._hco_scaler.unscale_(grads_l + grads_u)
+        if finite:
+            clip_(grads_l, 12)
+            clip_(grads_u, 12)
+            self.optimizer.step_hco(grads_l, grads_u)
+        self._hco_scaler.update(finite)
+        self.optimizer.zero_grad(set_to_none=True)
+        logs["hco_mask_ratio"] = self.optimizer.last_mask_ratio if finite else float("nan")
+        return sup.detach(), unsup.detach(), logs
+
     def after_step(self) -> None:
         if self.teacher is not None:
             ema_update_(self.teacher, self.unwrapped_network(), ema_decay(self.global_step, self.ema_decay))
@@ -236,7 +284,9 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
         unlabeled = self.prepare_unlabeled(next(self.dataloader_unlabeled))
         sup, unsup, logs = self.update_step(labeled, unlabeled)
         self.after_step()
-        logs = {"sup_loss": sup, "unsup_loss": unsup, "unsup_weight": self.unlabeled_weight(), **logs}
+        ratio = float(unsup) / float(sup) if float(sup) != 0 else float("nan")
+        logs = {"sup_loss": sup, "unsup_loss": unsup, "unsup_weight": self.unlabeled_weight(),
+                "unsup_sup_ratio": ratio, **logs}
         for key, value in logs.items():
             self._epoch_logs[key].append(float(value))
         return {"loss": (sup + unsup).cpu().numpy()}
@@ -268,7 +318,7 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
     def extra_checkpoint_state(self) -> dict:
         """State beyond nnU-Net's keys (teacher, step counter); methods with more state extend this."""
         return {"teacher_weights": self.teacher.state_dict() if self.teacher is not None else None,
-                "semi_global_step": self.global_step}
+                "semi_global_step": self.global_step, "hco_clean_steps": self._hco_scaler.clean_steps}
 
     def load_extra_checkpoint_state(self, checkpoint: dict) -> None:
         if self.teacher is not None:
@@ -277,6 +327,7 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
             else:  # e.g. -pretrained_weights or a stock nnU-Net checkpoint: start the teacher at the student
                 self.teacher.load_state_dict(self.unwrapped_network().state_dict())
         self.global_step = checkpoint.get("semi_global_step", self.current_epoch * self.num_iterations_per_epoch)
+        self._hco_scaler.clean_steps = checkpoint.get("hco_clean_steps", 0)
 
     def save_checkpoint(self, filename: str) -> None:
         """nnU-Net's checkpoint (``network_weights`` = the student, the inference model) plus our state, written

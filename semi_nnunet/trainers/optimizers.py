@@ -1,0 +1,104 @@
+"""Optimizer choice for every semi-supervised trainer, and the HCO update step (two gradient sets).
+
+``optimizer_name`` (a class attribute of the trainer; ``--optimizer`` on ``semi_nnUNet_train``):
+
+=========== ==========================================================================================
+None / sgd  nnU-Net's SGD (lr ``initial_lr`` 1e-2, momentum 0.99, Nesterov, weight decay 3e-5)
+adamw       AdamW (lr ``adamw_initial_lr`` 1e-3, weight decay 3e-5)
+hco_sgd     HCO-SGD (Alg. 2) with nnU-Net's SGD hyperparameters; the warm-up is nnU-Net's SGD exactly
+hco_adamw   HCO-AdamW (Alg. 1) with the AdamW hyperparameters
+co_sgd      Cautious SGD on the summed gradient (baseline of the HCO paper)
+co_adamw    Cautious AdamW on the summed gradient
+=========== ==========================================================================================
+
+HCO keeps the host's learning rate (as the paper does); ``hco_lr_scale`` multiplies it (spec pitfall P1).
+"""
+from typing import List, Optional, Sequence
+
+import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+
+from semi_nnunet.optim import (CautiousAdamW, CautiousSGD, HierarchicalCautiousAdamW, HierarchicalCautiousSGD)
+from semi_nnunet.optim.hco import _TwoGradientOptimizer
+
+OPTIMIZERS = ("sgd", "adamw", "hco_sgd", "hco_adamw", "co_sgd", "co_adamw")
+
+
+class HCONotApplicableError(ValueError):
+    pass
+
+
+def build_optimizer(trainer) -> tuple:
+    """``(optimizer, lr_scheduler)`` for ``trainer.optimizer_name`` (nnU-Net's poly schedule in every case)."""
+    name = trainer.optimizer_name or "sgd"
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer '{name}' on {type(trainer).__name__}; choose one of {OPTIMIZERS}")
+    if name.startswith("hco") and not trainer.requires_labels:
+        raise HCONotApplicableError(
+            f"{type(trainer).__name__} learns without labels, so there is no labeled gradient for HCO to trust. "
+            f"Use --optimizer sgd or adamw.")
+    params = trainer.network.parameters()
+    if name.endswith("adamw"):
+        trainer.initial_lr = trainer.adamw_initial_lr
+    if name.startswith("hco"):
+        trainer.initial_lr = trainer.initial_lr * trainer.hco_lr_scale
+    lr, wd = trainer.initial_lr, trainer.weight_decay
+    sgd = dict(lr=lr, momentum=0.99, weight_decay=wd, nesterov=True)
+    adamw = dict(lr=lr, weight_decay=wd)
+    optimizer = {
+        "sgd": lambda: torch.optim.SGD(params, **sgd),
+        "adamw": lambda: torch.optim.AdamW(params, **adamw),
+        "hco_sgd": lambda: HierarchicalCautiousSGD(params, **sgd),
+        "hco_adamw": lambda: HierarchicalCautiousAdamW(params, **adamw),
+        "co_sgd": lambda: CautiousSGD(params, **sgd),
+        "co_adamw": lambda: CautiousAdamW(params, **adamw),
+    }[name]()
+    return optimizer, PolyLRScheduler(optimizer, trainer.initial_lr, trainer.num_epochs)
+
+
+def is_two_gradient(optimizer) -> bool:
+    return isinstance(optimizer, _TwoGradientOptimizer)
+
+
+def clip_(grads: Sequence[Optional[torch.Tensor]], max_norm: float) -> None:
+    """``clip_grad_norm_`` for a list of gradient tensors (one norm over the list)."""
+    tensors = [g for g in grads if g is not None]
+    if not tensors:
+        return
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors, 2)), 2)
+    torch._foreach_mul_(tensors, (max_norm / (total + 1e-6)).clamp(max=1.0))
+
+
+def all_finite(grads: Sequence[Optional[torch.Tensor]]) -> bool:
+    tensors = [g for g in grads if g is not None]
+    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+class HCOScaler:
+    """GradScaler bookkeeping for two gradient sets: ``GradScaler.unscale_`` may run once per step and only sees
+    ``p.grad``, so both sets are unscaled by hand with one finiteness check, and the scale follows GradScaler's own
+    rule (halve on inf/NaN, double after ``growth_interval`` clean steps) through ``update(new_scale)``."""
+
+    def __init__(self, scaler, growth_interval: int = 2000):
+        self.scaler, self.growth_interval, self.clean_steps = scaler, growth_interval, 0
+
+    def unscale_(self, grads: List[Optional[torch.Tensor]]) -> bool:
+        """Unscale in place; True when every gradient is finite."""
+        if self.scaler is None:
+            return all_finite(grads)
+        tensors = [g for g in grads if g is not None]
+        if tensors:
+            torch._foreach_mul_(tensors, 1.0 / float(self.scaler.get_scale()))
+        return all_finite(tensors)
+
+    def update(self, finite: bool) -> None:
+        if self.scaler is None:
+            return
+        scale = float(self.scaler.get_scale())
+        if not finite:
+            self.clean_steps, scale = 0, scale * 0.5
+        else:
+            self.clean_steps += 1
+            if self.clean_steps >= self.growth_interval:
+                self.clean_steps, scale = 0, scale * 2.0
+        self.scaler.update(scale)
