@@ -13,7 +13,6 @@ teacher forward and one student forward/backward on unlabeled data on top of the
 import argparse
 import itertools
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -59,6 +58,26 @@ def time_trainers(names, dataset_name: str, configuration: str, device: str, ite
     return {n: statistics.median(v) for n, v in times.items()}
 
 
+def prepare_datasets(hippocampus=None, workdir=None):
+    """The bundled demo subset (2d) and, given its folder, MSD Hippocampus (3d_fullres), planned and preprocessed in
+    ``workdir`` (a temporary folder by default). Returns ``[(dataset_name, configuration), ...]``."""
+    os.environ["nnUNet_n_proc_DA"] = "0"
+    workdir = workdir or tempfile.mkdtemp(prefix="semi_nnunet_bench_")
+    from semi_nnunet.dataset_conversion.synthetic import set_nnunet_paths
+    from semi_nnunet.demo_api import DEMO_DATASET_ID, DEMO_DATASET_NAME, convert_demo_data
+    from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
+    paths = set_nnunet_paths(workdir)
+    convert_demo_data(paths["nnUNet_raw"])
+    plan_and_preprocess(DEMO_DATASET_ID, ["2d"], num_processes=1, show_progress=False)
+    cases = [(f"Dataset{DEMO_DATASET_ID}_{DEMO_DATASET_NAME}", "2d")]
+    if hippocampus:
+        from semi_nnunet.dataset_conversion.msd_hippocampus import convert_msd_hippocampus
+        convert_msd_hippocampus(hippocampus, 803, 20, 20, 0, output_root=paths["nnUNet_raw"], verbose=False)
+        plan_and_preprocess(803, ["3d_fullres"], num_processes=1, show_progress=False)
+        cases.append(("Dataset803_Hippocampus", "3d_fullres"))
+    return cases
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trainers", nargs="+", default=["nnUNetTrainer", "MeanTeacherTrainer"])
@@ -68,23 +87,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
-    os.environ["nnUNet_n_proc_DA"] = "0"
-    workdir = args.workdir or tempfile.mkdtemp(prefix="semi_nnunet_step_time_")
-    from semi_nnunet.dataset_conversion.synthetic import set_nnunet_paths
-    from semi_nnunet.demo_api import DEMO_DATASET_ID, DEMO_DATASET_NAME, convert_demo_data
-    from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
-    paths = set_nnunet_paths(workdir)
-    cases = []
-    convert_demo_data(paths["nnUNet_raw"])
-    plan_and_preprocess(DEMO_DATASET_ID, ["2d"], num_processes=1, show_progress=False)
-    cases.append((f"Dataset{DEMO_DATASET_ID}_{DEMO_DATASET_NAME}", "2d"))
-    if args.hippocampus:
-        from semi_nnunet.dataset_conversion.msd_hippocampus import convert_msd_hippocampus
-        convert_msd_hippocampus(args.hippocampus, 803, 20, 20, 0, output_root=paths["nnUNet_raw"], verbose=False)
-        plan_and_preprocess(803, ["3d_fullres"], num_processes=1, show_progress=False)
-        cases.append(("Dataset803_Hippocampus", "3d_fullres"))
     rows = []
-    for dataset_name, configuration in cases:
+    for dataset_name, configuration in prepare_datasets(args.hippocampus, args.workdir):
         result = time_trainers(args.trainers, dataset_name, configuration, args.device, args.iters, args.rounds)
         base = result[args.trainers[0]]
         rows += [(dataset_name, configuration, n, s, s / base) for n, s in result.items()]
@@ -94,8 +98,6 @@ def main() -> None:
         print(f"| {d} | {c} | {n} | {s:.3f} | {r:.2f} |")
     print(f"\ndevice {args.device}; {os.cpu_count()} CPUs; torch threads {torch.get_num_threads()}; "
           f"{args.rounds} rounds x {args.iters} iterations, median")
-    if not args.workdir:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

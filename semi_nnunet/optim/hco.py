@@ -52,11 +52,18 @@ def _check(lr, betas=None, eps=None, weight_decay=0.0, mask_eps=1e-3, momentum=N
 
 
 def mask_scale(phis: List[torch.Tensor], mask_eps: float) -> List[torch.Tensor]:
-    """``phi / max(mean(phi), mask_eps)`` per tensor, computed on the device (no host synchronisation)."""
-    sums = torch.stack(torch._foreach_norm(phis, 1))  # phi is 0/1, so the L1 norm is the count of ones
+    """``phi / max(mean(phi), mask_eps)`` per tensor, computed on the device (no host synchronisation). Counting is
+    done in float32: a half-precision count overflows (float16) or rounds (bfloat16) past 65504 elements."""
+    sums = count_ones(phis)
     numels = torch.tensor([max(p.numel(), 1) for p in phis], dtype=sums.dtype, device=sums.device)
     scales = (sums / numels).clamp_min(mask_eps).reciprocal()
-    return torch._foreach_mul(phis, list(scales.unbind()))
+    return torch._foreach_mul(phis, [s.to(p.dtype) for s, p in zip(scales.unbind(), phis)])
+
+
+def count_ones(phis: List[torch.Tensor]) -> torch.Tensor:
+    """Number of ones in each 0/1 mask, in at least float32 (float64 stays float64)."""
+    dtype = torch.promote_types(phis[0].dtype, torch.float32)
+    return torch.stack([p.sum(dtype=dtype) for p in phis])
 
 
 class _TwoGradientOptimizer(Optimizer):
@@ -113,7 +120,7 @@ class _TwoGradientOptimizer(Optimizer):
                     self._base_step(group, [p for p, _ in subset], [g for _, g in subset])
             if both:
                 phis = self._hco_step(group, [b[0] for b in both], [b[1] for b in both], [b[2] for b in both])
-                count = torch.stack(torch._foreach_norm(phis, 1)).sum()
+                count = count_ones(phis).sum()
                 ones = count if ones is None else ones + count
                 total += sum(p.numel() for p in phis)
         self._mask_ones, self._mask_total = ones, total

@@ -38,10 +38,9 @@ def build_optimizer(trainer) -> tuple:
             f"{type(trainer).__name__} learns without labels, so there is no labeled gradient for HCO to trust. "
             f"Use --optimizer sgd or adamw.")
     params = trainer.network.parameters()
-    if name.endswith("adamw"):
-        trainer.initial_lr = trainer.adamw_initial_lr
-    if name.startswith("hco"):
-        trainer.initial_lr = trainer.initial_lr * trainer.hco_lr_scale
+    if not hasattr(trainer, "_base_initial_lr"):  # idempotent: the scale is applied to the base rate once
+        trainer._base_initial_lr = trainer.adamw_initial_lr if name.endswith("adamw") else trainer.initial_lr
+    trainer.initial_lr = trainer._base_initial_lr * (trainer.hco_lr_scale if name.startswith("hco") else 1.0)
     lr, wd = trainer.initial_lr, trainer.weight_decay
     sgd = dict(lr=lr, momentum=0.99, weight_decay=wd, nesterov=True)
     adamw = dict(lr=lr, weight_decay=wd)
@@ -79,7 +78,9 @@ class HCOScaler:
     ``p.grad``, so both sets are unscaled by hand with one finiteness check, and the scale follows GradScaler's own
     rule (halve on inf/NaN, double after ``growth_interval`` clean steps) through ``update(new_scale)``."""
 
-    def __init__(self, scaler, growth_interval: int = 2000):
+    def __init__(self, scaler, growth_interval: Optional[int] = None):
+        if growth_interval is None:  # the wrapped GradScaler's own setting (2000 by default)
+            growth_interval = scaler.get_growth_interval() if scaler is not None else 2000
         self.scaler, self.growth_interval, self.clean_steps = scaler, growth_interval, 0
 
     def unscale_(self, grads: List[Optional[torch.Tensor]]) -> bool:
