@@ -51,19 +51,30 @@ def _check(lr, betas=None, eps=None, weight_decay=0.0, mask_eps=1e-3, momentum=N
         raise ValueError(f"Invalid momentum {momentum}: must be in [0, 1)")
 
 
+def mask_scales(masks: List[torch.Tensor], mask_eps: float,
+                dtype: torch.dtype = torch.float32) -> List[torch.Tensor]:
+    """``1 / max(mean(mask), mask_eps)`` per tensor, as 0-dim tensors on the device (no host synchronisation).
+    Counting is done in at least float32: a half-precision count overflows (float16) or rounds (bfloat16) past 65504
+    elements."""
+    sums = count_ones(masks, dtype)
+    numels = torch.tensor([max(m.numel(), 1) for m in masks], dtype=sums.dtype, device=sums.device)
+    return list((sums / numels).clamp_min(mask_eps).reciprocal().unbind())
+
+
 def mask_scale(phis: List[torch.Tensor], mask_eps: float) -> List[torch.Tensor]:
-    """``phi / max(mean(phi), mask_eps)`` per tensor, computed on the device (no host synchronisation). Counting is
-    done in float32: a half-precision count overflows (float16) or rounds (bfloat16) past 65504 elements."""
-    sums = count_ones(phis)
-    numels = torch.tensor([max(p.numel(), 1) for p in phis], dtype=sums.dtype, device=sums.device)
-    scales = (sums / numels).clamp_min(mask_eps).reciprocal()
-    return torch._foreach_mul(phis, [s.to(p.dtype) for s, p in zip(scales.unbind(), phis)])
+    """``phi_bar = phi / max(mean(phi), mask_eps)`` per tensor."""
+    return [p * s.to(p.dtype) for p, s in zip(phis, mask_scales(phis, mask_eps, phis[0].dtype))]
 
 
-def count_ones(phis: List[torch.Tensor]) -> torch.Tensor:
-    """Number of ones in each 0/1 mask, in at least float32 (float64 stays float64)."""
-    dtype = torch.promote_types(phis[0].dtype, torch.float32)
-    return torch.stack([p.sum(dtype=dtype) for p in phis])
+def count_ones(masks: List[torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Number of ones (True) in each mask, counted in ``dtype`` promoted to at least float32."""
+    dtype = torch.promote_types(dtype, torch.float32)
+    return torch.stack([m.sum(dtype=dtype) for m in masks])
+
+
+def agree(a: List[torch.Tensor], b: List[torch.Tensor]) -> List[torch.Tensor]:
+    """Boolean masks ``a * b > 0`` (same sign, both nonzero)."""
+    return [torch.mul(x, y) > 0 for x, y in zip(a, b)]
 
 
 class _TwoGradientOptimizer(Optimizer):
@@ -153,16 +164,13 @@ class HierarchicalCautiousAdamW(_TwoGradientOptimizer):
         return ([self.state[p]["exp_avg"] for p in params], [self.state[p]["exp_avg_sq"] for p in params],
                 [self.state[p]["step"] for p in params])
 
-    def _direction(self, m, v, steps, b1, b2, eps):
-        """``m_hat / (sqrt(v_hat) + eps)`` per tensor, with each tensor's own step count."""
-        bc1 = [1 - b1 ** t for t in steps]
-        bc2 = [(1 - b2 ** t) ** 0.5 for t in steps]
+    @staticmethod
+    def _denominators(v, steps, b2, eps):
+        """``sqrt(v_hat) + eps`` per tensor, with each tensor's own step count."""
         denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, bc2)
+        torch._foreach_div_(denom, [(1 - b2 ** t) ** 0.5 for t in steps])
         torch._foreach_add_(denom, eps)
-        out = torch._foreach_div(m, denom)
-        torch._foreach_div_(out, bc1)
-        return out
+        return denom
 
     def _decay(self, group, params, grads):
         if group["weight_decay"] and not self.decoupled:
@@ -182,28 +190,31 @@ class HierarchicalCautiousAdamW(_TwoGradientOptimizer):
         torch._foreach_lerp_(m, grads, 1 - b1)
         torch._foreach_mul_(v, b2)
         torch._foreach_addcmul_(v, grads, grads, 1 - b2)
-        torch._foreach_add_(params, self._direction(m, v, steps, b1, b2, group["eps"]), alpha=-group["lr"])
+        torch._foreach_addcdiv_(params, m, self._denominators(v, steps, b2, group["eps"]),
+                                [-group["lr"] / (1 - b1 ** t) for t in steps])
 
     def _hco_step(self, group, params, grads_l, grads_u):
-        b1, b2, lr = group["betas"][0], group["betas"][1], group["lr"]
+        b1, b2, lr, eps = group["betas"][0], group["betas"][1], group["lr"], group["eps"]
         grads_l = self._decay(group, params, grads_l)
         m, v, steps = self._state(params)
+        step_sizes = [-lr / (1 - b1 ** t) for t in steps]
         torch._foreach_lerp_(m, grads_l, 1 - b1)
         torch._foreach_mul_(v, b2)
         torch._foreach_addcmul_(v, grads_l, grads_l, 1 - b2)
-        u_l = self._direction(m, v, steps, b1, b2, group["eps"])
-        phis = [(a * b > 0).to(a.dtype) for a, b in zip(u_l, grads_u)]
-        gu_phi = torch._foreach_mul(grads_u, phis)
+        # u^L = m_hat / (sqrt(v_hat) + eps) has the sign of m, so the mask needs no u^L tensor
+        masks = agree(m, grads_u)
+        torch._foreach_addcdiv_(params, m, self._denominators(v, steps, b2, eps), step_sizes)  # w -= lr u^L
+        gu_phi = [g * k for g, k in zip(grads_u, masks)]
         torch._foreach_add_(m, gu_phi, alpha=1 - b1)
         torch._foreach_addcmul_(v, gu_phi, gu_phi, 1 - b2)
-        u = self._direction(m, v, steps, b1, b2, group["eps"])
-        if group["second_mask"]:  # Remark 1's variant: also require agreement with the refined direction
-            phis = torch._foreach_mul(phis, [(a * b > 0).to(a.dtype) for a, b in zip(u, grads_u)])
-        torch._foreach_mul_(u, mask_scale(phis, group["mask_eps"]))
-        torch._foreach_add_(params, u_l, alpha=-lr)
-        torch._foreach_add_(params, u, alpha=-lr)
+        if group["second_mask"]:  # Remark 1's variant: also require agreement with the refined direction u
+            masks = [k & a for k, a in zip(masks, agree(m, grads_u))]
+        numerators = [a * k for a, k in zip(m, masks)]
+        scales = mask_scales(masks, group["mask_eps"], m[0].dtype)
+        torch._foreach_mul_(numerators, [s.to(a.dtype) for s, a in zip(scales, m)])
+        torch._foreach_addcdiv_(params, numerators, self._denominators(v, steps, b2, eps), step_sizes)
         self._apply_decoupled_decay(group, params)
-        return phis
+        return masks
 
 
 class HierarchicalCautiousAdam(HierarchicalCautiousAdamW):
@@ -247,14 +258,14 @@ class HierarchicalCautiousSGD(_TwoGradientOptimizer):
         b1, lr = group["momentum"], group["lr"]
         bufs = self._buffers(params, grads_l)
         torch._foreach_mul_(bufs, b1)
-        torch._foreach_add_(bufs, grads_l)
-        m_l = [b.clone() for b in bufs]
-        phis = [(a * b > 0).to(a.dtype) for a, b in zip(m_l, grads_u)]
-        phi_bar = mask_scale(phis, group["mask_eps"])
+        torch._foreach_add_(bufs, grads_l)  # m^L
+        masks = agree(bufs, grads_u)
+        torch._foreach_add_(params, bufs, alpha=-lr)  # w -= lr m^L, before the buffer moves on
+        scales = mask_scales(masks, group["mask_eps"], bufs[0].dtype)
+        phi_bar = [k * s.to(b.dtype) for k, s, b in zip(masks, scales, bufs)]
         torch._foreach_mul_(bufs, b1)
         torch._foreach_addcmul_(bufs, grads_u, phi_bar)
-        torch._foreach_add_(params, m_l, alpha=-lr)
-        torch._foreach_add_(params, torch._foreach_mul(bufs, phi_bar), alpha=-lr)
+        torch._foreach_addcmul_(params, bufs, phi_bar, -lr)
         if group["weight_decay"]:
             torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
-        return phis
+        return masks

@@ -84,8 +84,12 @@ def train(dataset: Union[int, str], configuration: str, trainer: str = "nnUNetTr
           folds: Optional[Sequence[Union[int, str]]] = None, plans_identifier: str = "nnUNetPlans",
           device: str = "cuda", continue_training: bool = False, only_run_validation: bool = False,
           export_validation_probabilities: bool = False, num_gpus: int = 1,
-          pretrained_weights: Optional[str] = None, val_with_best: bool = False) -> List[str]:
-    """Train ``trainer`` on the given folds (``None``: every fold of the splits). Returns the output folders."""
+          pretrained_weights: Optional[str] = None, val_with_best: bool = False,
+          stages: Optional[int] = None) -> List[str]:
+    """Train ``trainer`` on the given folds (``None``: every fold of the splits). Returns the output folders.
+
+    A staged trainer (``num_stages > 0``, e.g. SemiCervixTrainer) runs its whole pipeline: stage 0, pseudo-labels from
+    each fold's own model, stage 1, ... (``stages`` overrides the count; 0 trains stage 0 only)."""
     import torch
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.run.run_training import run_training
@@ -121,6 +125,15 @@ def train(dataset: Union[int, str], configuration: str, trainer: str = "nnUNetTr
                                     f"(or use 'all').")
     if device == "cuda" and not torch.cuda.is_available():
         raise TrainingError("-device cuda was requested but no CUDA GPU is available; use -device cpu.")
+
+    n_stages = getattr(trainer_class, "num_stages", 0) if stages is None else stages
+    if n_stages > 0 and not only_run_validation:
+        from semi_nnunet.stages.runner import run_stages
+
+        def train_one(*args, **kwargs):
+            return train(*args, stages=0, **kwargs)
+        return run_stages(dataset_name, configuration, trainer, folds, n_stages, plans_identifier, device,
+                          num_gpus=num_gpus, train_fn=train_one)
 
     register_with_nnunet()
     outputs = []

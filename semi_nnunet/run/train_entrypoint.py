@@ -25,12 +25,16 @@ def main(argv=None) -> None:
                         choices=["sgd", "adamw", "hco_sgd", "hco_adamw", "co_sgd", "co_adamw"],
                         help="optimizer of a semi-supervised trainer (default: the trainer's, nnU-Net's SGD); "
                              "trains the variant TRAINER_<optimizer>, so results go to their own folder")
+    parser.add_argument("--stages", type=int, default=None,
+                        help="staged trainers (e.g. SemiCervixTrainer): number of pseudo-label stages after the "
+                             "initial one (default: the trainer's, 4 for SemiCervixTrainer; 0: initial stage only)")
     args = parser.parse_args(argv)
 
     from semi_nnunet.run.train_api import TrainingError, train, with_optimizer
     try:
         outputs = train(args.dataset, args.configuration, with_optimizer(args.trainer, args.optimizer), args.folds or None, args.p, args.device,
-                        args.c, args.val, args.npz, args.num_gpus, args.pretrained_weights, args.val_best)
+                        args.c, args.val, args.npz, args.num_gpus, args.pretrained_weights, args.val_best,
+                        args.stages)
     except (TrainingError, DatasetError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(2)

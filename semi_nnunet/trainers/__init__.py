@@ -17,13 +17,13 @@ def all_trainer_classes() -> Dict[str, type]:
         module = importlib.import_module(info.name)
         for name, obj in vars(module).items():
             if inspect.isclass(obj) and issubclass(obj, nnUNetTrainer) and obj.__module__ == module.__name__ \
-                    and not module.__name__.endswith("optimizer_variants"):  # those are made on demand
+                    and not module.__name__.endswith("generated"):  # those are made on demand
                 found[name] = obj
     return found
 
 
 def find_trainer(name: str):
     """A trainer of this package by class name, optimizer variants (``_HCO``, ``_hco_adamw``, ...) included; or None."""
-    from semi_nnunet.trainers.optimizer_variants import resolve
+    from semi_nnunet.trainers.generated import resolve
     classes = all_trainer_classes()
     return classes.get(name) or resolve(name, classes)

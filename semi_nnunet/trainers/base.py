@@ -70,6 +70,9 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
     adamw_initial_lr: float = 1e-3
     hco_start_epoch: int = 0  # epochs of warm-up with the base optimizer before HCO starts
     hco_lr_scale: float = 1.0
+    # staged pseudo-labelling (semi_nnunet.stages): stages after this trainer, and the class that trains them
+    num_stages: int = 0
+    stage_trainer: Optional[type] = None
 
     base_log_keys = ("sup_loss", "unsup_loss", "unsup_weight", "unsup_sup_ratio")
 

@@ -3,6 +3,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from semi_nnunet.trainers.mean_teacher import MeanTeacherTrainer
 from semi_nnunet.trainers.schedule import ScheduleMixin
+from semi_nnunet.trainers.semi_cervixseg import SemiCervixTrainer
 
 
 class nnUNetTrainer_demo(ScheduleMixin, nnUNetTrainer):
@@ -26,3 +27,12 @@ class MeanTeacherTrainer_2epochs_2it(MeanTeacherTrainer):
 
 class MeanTeacherTrainer_5epochs(MeanTeacherTrainer):
     schedule = dict(num_epochs=5)
+
+
+class SemiCervixTrainer_2epochs_2it(SemiCervixTrainer):
+    schedule = nnUNetTrainer_2epochs_2it.schedule
+
+
+class SemiCervixTrainer_softmax(SemiCervixTrainer):
+    """Consistency on probabilities instead of logits (bounded; spec ambiguity 2)."""
+    cons_space = "softmax"

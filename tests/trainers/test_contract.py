@@ -36,14 +36,19 @@ def random_batch(trainer, generator):
     patch = [int(s) for s in trainer.configuration_manager.patch_size]
     b, c = trainer.batch_size, trainer.num_input_channels
     num_classes = len(trainer.label_manager.all_labels)
-    targets = []
-    for scale in trainer._get_deep_supervision_scales():
-        shape = [max(1, round(p * s)) for p, s in zip(patch, scale)]
-        targets.append(torch.randint(0, num_classes, (b, 1, *shape), generator=generator).float())
-    labeled = {"data": torch.randn((b, c, *patch), generator=generator), "target": targets,
+
+    def targets():
+        out = []
+        for scale in trainer._get_deep_supervision_scales():
+            shape = [max(1, round(p * s)) for p, s in zip(patch, scale)]
+            out.append(torch.randint(0, num_classes, (b, 1, *shape), generator=generator).float())
+        return out
+
+    labeled = {"data": torch.randn((b, c, *patch), generator=generator), "target": targets(),
                "keys": [f"lab{i:03d}" for i in range(b)]}
     views = 1 + trainer.num_strong_views
-    unlabeled = {"data": torch.randn((b, c * views, *patch), generator=generator),
+    # "target" is what a pseudo-label stage gets for its pseudo-labeled cases; other methods never read it
+    unlabeled = {"data": torch.randn((b, c * views, *patch), generator=generator), "target": targets(),
                  "keys": [f"unl{i:03d}" for i in range(b)]}
     return labeled, trainer.prepare_unlabeled(unlabeled)
 

@@ -1,0 +1,79 @@
+"""Pseudo-labels for every preprocessed unlabeled case, predicted by trained fold model(s).
+
+The prediction runs on the preprocessed unlabeled cases (nnU-Net's sliding window with Gaussian weighting; mirroring
+off by default, as the Semi-CervixSeg paper used a single pass) and the hard labels (argmax) are stored in the same
+preprocessed space, ready for the next stage's loader: ``<case>.b2nd`` (the image), ``<case>_seg.b2nd`` (the
+pseudo-label), ``<case>.pkl`` (properties with nnU-Net's foreground locations of the pseudo-label). Each case is
+written into a staging folder and renamed into place; ``provenance.json`` (stage, fold, model, checkpoint, date) is
+written last and marks the folder complete, so an interrupted run resumes where it stopped.
+"""
+import datetime
+import os
+import shutil
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, maybe_mkdir_p
+from tqdm import tqdm
+
+from semi_nnunet.trainers.unlabeled_data import UnlabeledDataset, unlabeled_identifiers
+from semi_nnunet.utilities.file_ops import save_json_atomic
+
+PROVENANCE = "provenance.json"
+
+
+def is_complete(folder: str, expected_cases: Sequence[str]) -> bool:
+    if not isfile(join(folder, PROVENANCE)):
+        return False
+    return sorted(load_json(join(folder, PROVENANCE)).get("cases", [])) == sorted(expected_cases)
+
+
+def predict_pseudo_labels(model_folder: str, folds: Sequence[Union[int, str]], unlabeled_folder: str,
+                          output_folder: str, provenance: dict, checkpoint_name: str = "checkpoint_final.pth",
+                          device: str = "cpu", use_mirroring: bool = False,
+                          cases: Optional[List[str]] = None) -> str:
+    """Predict hard pseudo-labels for the cases of ``unlabeled_folder`` with the ensemble of ``folds`` of
+    ``model_folder`` (logits averaged, as nnU-Net does) into ``output_folder``. Returns ``output_folder``."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
+
+    from semi_nnunet.run.train_api import register_with_nnunet
+    cases = sorted(cases if cases is not None else unlabeled_identifiers(unlabeled_folder))
+    if is_complete(output_folder, cases):
+        return output_folder
+    register_with_nnunet()
+    predictor = nnUNetPredictor(use_mirroring=use_mirroring, perform_everything_on_device=device != "cpu",
+                                device=torch.device(device), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(model_folder, tuple(folds), checkpoint_name)
+    label_manager = predictor.label_manager
+    collect = label_manager.foreground_regions if label_manager.has_regions else label_manager.foreground_labels
+    patch = tuple(predictor.configuration_manager.patch_size)
+    dataset = UnlabeledDataset(unlabeled_folder, cases)
+    staging = join(os.path.dirname(output_folder.rstrip(os.sep)), ".staging_" + os.path.basename(output_folder))
+    shutil.rmtree(staging, ignore_errors=True)
+    maybe_mkdir_p(staging)
+    maybe_mkdir_p(output_folder)
+    done = set(unlabeled_identifiers(output_folder))
+    for case in tqdm(cases, desc=f"Pseudo-labels ({os.path.basename(output_folder)})"):
+        if case in done and isfile(join(output_folder, case + "_seg.b2nd")):
+            continue
+        data, _, _, properties = dataset.load_case(case)
+        data = np.asarray(data[:], dtype=np.float32)
+        logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data))
+        seg = np.asarray(label_manager.convert_logits_to_segmentation(logits))[None]
+        seg = seg.astype(np.int16 if seg.max() > 127 else np.int8)
+        properties = {**properties, "class_locations": DefaultPreprocessor._sample_foreground_locations(seg, collect)}
+        blocks, chunks = comp_blosc2_params(data.shape, patch, data.itemsize)
+        blocks_seg, chunks_seg = comp_blosc2_params(seg.shape, patch, seg.itemsize)
+        nnUNetDatasetBlosc2.save_case(data, seg, properties, join(staging, case), chunks=chunks, blocks=blocks,
+                                      chunks_seg=chunks_seg, blocks_seg=blocks_seg)
+        for suffix in ("_seg.b2nd", ".pkl", ".b2nd"):  # the data file last: loaders list cases by it
+            os.replace(join(staging, case + suffix), join(output_folder, case + suffix))
+    shutil.rmtree(staging, ignore_errors=True)
+    save_json_atomic({**provenance, "model_folder": model_folder, "folds": [str(f) for f in folds],
+                      "checkpoint": checkpoint_name, "mirroring": use_mirroring,
+                      "date": datetime.datetime.now().isoformat(timespec="seconds"), "cases": cases},
+                     join(output_folder, PROVENANCE))
+    return output_folder

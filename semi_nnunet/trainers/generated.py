@@ -1,0 +1,72 @@
+"""Variants made on demand from a trainer name: optimizer variants and the stages of staged trainers.
+
+* ``<Trainer>_HCO``: HCO on that trainer's base optimizer (nnU-Net's SGD -> HCO-SGD, AdamW -> HCO-AdamW);
+  ``<Trainer>_<optimizer>`` with one of ``OPTIMIZERS`` (sgd, adamw, hco_sgd, hco_adamw, co_sgd, co_adamw).
+* ``<Trainer>_stage<k>``: stage k of a staged trainer (one with ``num_stages > 0`` and a ``stage_trainer`` class,
+  e.g. Semi-CervixSeg): a fresh network on ground truth + the pseudo-labels of stage k, with the trainer's schedule
+  and optimizer.
+
+Each is a subclass that sets attributes and nothing else, created once and kept in this module, so nnU-Net (through
+``nnUNet_extTrainer``), pickling and checkpoints find it by name like any other trainer. Suffixes compose:
+``SemiCervixTrainer_HCO_stage2``, ``MeanTeacherTrainer_5epochs_hco_adamw``.
+"""
+import re
+import sys
+from typing import Dict, Optional
+
+from semi_nnunet.trainers.optimizers import OPTIMIZERS
+
+_STAGE = re.compile(r"^(?P<base>.+)_stage(?P<k>[1-9]\d*)$")
+
+
+def hco_counterpart(base_optimizer: Optional[str]) -> str:
+    return "hco_adamw" if (base_optimizer or "sgd").endswith("adamw") else "hco_sgd"
+
+
+def _make(name: str, bases: tuple, attributes: dict, doc: str) -> type:
+    module = sys.modules[__name__]
+    existing = vars(module).get(name)
+    if existing is not None:
+        return existing
+    cls = type(name, bases, {**attributes, "__module__": __name__, "__doc__": doc})
+    setattr(module, name, cls)
+    return cls
+
+
+def optimizer_variant(base: type, suffix: str) -> type:
+    """The subclass ``<base>_<suffix>`` (suffix ``HCO`` or an optimizer name)."""
+    optimizer = hco_counterpart(base.optimizer_name) if suffix == "HCO" else suffix
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer '{suffix}'; choose one of {OPTIMIZERS} or HCO")
+    return _make(f"{base.__name__}_{suffix}", (base,), {"optimizer_name": optimizer},
+                 f"{base.__name__} with optimizer {optimizer}.")
+
+
+def stage_variant(base: type, stage: int) -> type:
+    """Stage ``stage`` of the staged trainer ``base``: its ``stage_trainer`` with base's schedule and optimizer."""
+    return _make(f"{base.__name__}_stage{stage}", (base.stage_trainer,),
+                 {"stage": stage, "initial_trainer": base.__name__, "schedule": base.schedule,
+                  "optimizer_name": base.optimizer_name, "hco_start_epoch": base.hco_start_epoch},
+                 f"Stage {stage} of {base.__name__}: a fresh network on ground truth + stage-{stage} pseudo-labels.")
+
+
+def resolve(name: str, classes: Dict[str, type]) -> Optional[type]:
+    """The class for a generated name whose prefix is a semi-supervised trainer (or itself generated); else None."""
+    from semi_nnunet.trainers.base import SemiSupervisedTrainer
+
+    def base_of(prefix: str) -> Optional[type]:
+        cls = classes.get(prefix) or resolve(prefix, classes)
+        return cls if cls is not None and issubclass(cls, SemiSupervisedTrainer) \
+            and cls is not SemiSupervisedTrainer else None
+
+    m = _STAGE.match(name)
+    if m:
+        base = base_of(m["base"])
+        if base is not None and getattr(base, "num_stages", 0) and getattr(base, "stage_trainer", None):
+            return stage_variant(base, int(m["k"]))
+    for suffix in ("HCO",) + OPTIMIZERS:
+        if name.endswith("_" + suffix):
+            base = base_of(name[:-len(suffix) - 1])
+            if base is not None:
+                return optimizer_variant(base, suffix)
+    return None

@@ -1,0 +1,87 @@
+"""``PseudoLabelTrainer``: one stage of staged self-training (Semi-CervixSeg stages I-IV; USL-Net cycles).
+
+    L = L_sup(f(x_l), y_l) + pseudo_weight * L_sup(f(x_u), y_hat_u)
+
+A freshly initialised network (``-pretrained_weights`` fine-tunes from the previous stage instead) is trained on the
+fold's labeled training cases and on every pseudo-labeled unlabeled case, both with nnU-Net's online augmentation and
+deep-supervised Dice+CE. Labeled and pseudo-labeled cases are drawn as separate parts of each batch (labeled: nnU-Net's
+loader; pseudo-labeled: the base's second loader, ``unlabeled_batch_size``, default the labeled batch size), so the
+ground-truth term stays apart and HCO can trust it (``L_L`` = ground truth, ``L_U`` = pseudo-labels).
+
+The pseudo-labels of stage ``stage`` for fold ``fold`` live in the initial trainer's results folder,
+``<initial_trainer>__<plans>__<config>/pseudo_labels/stage_<stage>/fold_<fold>/`` (preprocessed cases with their
+pseudo-label and a ``provenance.json``), never beside ground truth. ``semi_nnunet.stages`` makes them.
+"""
+from typing import Dict, List, Tuple
+
+import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from batchgenerators.utilities.file_and_folder_operations import join
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+from semi_nnunet.trainers.base import NoUnlabeledDataError, SemiSupervisedTrainer
+from semi_nnunet.trainers.unlabeled_data import unlabeled_identifiers
+
+
+def pseudo_label_folder(dataset_name: str, initial_trainer: str, plans_name: str, configuration: str, stage: int,
+                        fold) -> str:
+    from nnunetv2.paths import nnUNet_results
+    return join(str(nnUNet_results), dataset_name, f"{initial_trainer}__{plans_name}__{configuration}",
+                "pseudo_labels", f"stage_{stage}", f"fold_{fold}")
+
+
+class PseudoLabelTrainer(SemiSupervisedTrainer):
+    stage: int = 1
+    initial_trainer: str = ""  # the trainer whose results folder holds the pseudo-labels
+    pseudo_weight: float = 1.0
+    use_teacher = False
+    num_strong_views = 0
+    method_log_keys = ("pseudo_loss",)
+
+    @property
+    def pseudo_label_folder(self) -> str:
+        return pseudo_label_folder(self.plans_manager.dataset_name, self.initial_trainer or type(self).__name__,
+                                   self.plans_manager.plans_name, self.configuration_name, self.stage, self.fold)
+
+    def check_unlabeled_data(self) -> List[str]:
+        ids = unlabeled_identifiers(self.pseudo_label_folder)
+        if not ids:
+            raise NoUnlabeledDataError(
+                f"{type(self).__name__} trains on the stage-{self.stage} pseudo-labels of fold {self.fold}, but "
+                f"{self.pseudo_label_folder} holds none. Run the staged pipeline, which makes them with the previous "
+                f"stage's model of the same fold: semi_nnUNet_train {self.plans_manager.dataset_name} "
+                f"{self.configuration_name} {self.initial_trainer} {self.fold} --stages {self.stage}.")
+        return ids
+
+    def get_unlabeled_dataloader(self):
+        ids = self.check_unlabeled_data()
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        transforms = self.get_training_transforms(
+            self.configuration_manager.patch_size, rotation, self._get_deep_supervision_scales(), mirror_axes,
+            dummy_2d, use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=False,
+            foreground_labels=self.label_manager.foreground_labels,
+            regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
+            ignore_label=self.label_manager.ignore_label)
+        loader = nnUNetDataLoader(nnUNetDatasetBlosc2(self.pseudo_label_folder, ids),
+                                  self.unlabeled_batch_size or self.batch_size, initial_patch_size,
+                                  self.configuration_manager.patch_size, self.label_manager,
+                                  oversample_foreground_percent=self.oversample_foreground_percent,
+                                  transforms=transforms)
+        n = get_allowed_n_proc_DA()
+        if n == 0:
+            return SingleThreadedAugmenter(loader, None)
+        return NonDetMultiThreadedAugmenter(loader, None, num_processes=max(1, n // 2), num_cached=max(3, n // 2),
+                                            seeds=None, pin_memory=self.device.type == "cuda", wait_time=0.002)
+
+    def prepare_unlabeled(self, batch: dict) -> dict:
+        batch = self._to_device(batch)
+        batch["views"] = [batch["data"]]
+        return batch
+
+    def unlabeled_loss(self, unlabeled: dict, labeled: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
+        loss = self.loss(self.network(unlabeled["data"]), unlabeled["target"])
+        return self.pseudo_weight * loss, {"pseudo_loss": loss.detach(), "unsup_weight": self.pseudo_weight}
