@@ -85,7 +85,7 @@ def train(dataset: Union[int, str], configuration: str, trainer: str = "nnUNetTr
           device: str = "cuda", continue_training: bool = False, only_run_validation: bool = False,
           export_validation_probabilities: bool = False, num_gpus: int = 1,
           pretrained_weights: Optional[str] = None, val_with_best: bool = False,
-          stages: Optional[int] = None) -> List[str]:
+          stages: Optional[int] = None, dry_run: bool = False) -> List[str]:
     """Train ``trainer`` on the given folds (``None``: every fold of the splits). Returns the output folders.
 
     A staged trainer (``num_stages > 0``, e.g. SemiCervixTrainer) runs its whole pipeline: stage 0, pseudo-labels from
@@ -123,7 +123,7 @@ def train(dataset: Union[int, str], configuration: str, trainer: str = "nnUNetTr
             if not 0 <= f < n_splits:
                 raise TrainingError(f"Fold {f} is out of range: the splits file has folds 0..{n_splits - 1} "
                                     f"(or use 'all').")
-    if device == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available() and not dry_run:
         raise TrainingError("-device cuda was requested but no CUDA GPU is available; use -device cpu.")
 
     n_stages = getattr(trainer_class, "num_stages", 0) if stages is None else stages
@@ -133,7 +133,7 @@ def train(dataset: Union[int, str], configuration: str, trainer: str = "nnUNetTr
         def train_one(*args, **kwargs):
             return train(*args, stages=0, **kwargs)
         return run_stages(dataset_name, configuration, trainer, folds, n_stages, plans_identifier, device,
-                          num_gpus=num_gpus, train_fn=train_one)
+                          num_gpus=num_gpus, train_fn=train_one, dry_run=dry_run)
 
     register_with_nnunet()
     outputs = []

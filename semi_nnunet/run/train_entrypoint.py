@@ -28,13 +28,15 @@ def main(argv=None) -> None:
     parser.add_argument("--stages", type=int, default=None,
                         help="staged trainers (e.g. SemiCervixTrainer): number of pseudo-label stages after the "
                              "initial one (default: the trainer's, 4 for SemiCervixTrainer; 0: initial stage only)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="staged trainers: print the plan (done / to do per stage and fold) and run nothing")
     args = parser.parse_args(argv)
 
     from semi_nnunet.run.train_api import TrainingError, train, with_optimizer
     try:
         outputs = train(args.dataset, args.configuration, with_optimizer(args.trainer, args.optimizer), args.folds or None, args.p, args.device,
                         args.c, args.val, args.npz, args.num_gpus, args.pretrained_weights, args.val_best,
-                        args.stages)
+                        args.stages, args.dry_run)
     except (TrainingError, DatasetError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(2)

@@ -9,6 +9,7 @@ numbered fold whose model exists; the ``all`` model only when none does, with a 
 Every step is skipped when its result exists (a final checkpoint, a complete pseudo-label folder), and an interrupted
 training resumes from its latest checkpoint, so rerunning the same command continues the pipeline.
 """
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Union
 
 from batchgenerators.utilities.file_and_folder_operations import isfile, join
@@ -36,50 +37,96 @@ def pseudo_label_source_folds(model_folder: str, fold: Fold, all_folds: Sequence
     return ["all"]
 
 
-def run_stages(dataset, configuration: str, trainer: str, folds: Optional[Sequence[Fold]] = None,
-               stages: Optional[int] = None, plans_identifier: str = "nnUNetPlans", device: str = "cuda",
-               checkpoint_name: str = "checkpoint_final.pth", use_mirroring: bool = False, num_gpus: int = 1,
-               train_fn=None) -> List[str]:
-    """Run (or continue) the staged pipeline of ``trainer``; returns the final stage's model folders per fold."""
-    from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+@dataclass
+class Step:
+    """One unit of the staged pipeline: ``train`` a trainer on a fold, or make ``pseudo`` labels for a fold."""
+    kind: str  # "train" or "pseudo"
+    trainer: str
+    fold: Fold
+    stage: int
+    source_folds: List[Fold] = field(default_factory=list)  # pseudo: folds of the previous stage's model
+    model_folder: str = ""  # train: the model's folder; pseudo: the labelling model's folder
+    output: str = ""  # pseudo: the pseudo-label folder
 
-    from semi_nnunet.planners.plan_and_preprocess_api import find_dataset_name, get_unlabeled_folder
-    from semi_nnunet.run.train_api import find_trainer_class, folds_from_splits, train
-    from semi_nnunet.stages.pseudo_labels import predict_pseudo_labels
+    def describe(self, done: bool) -> str:
+        state = "done" if done else "to do"
+        if self.kind == "train":
+            return f"[{state}] stage {self.stage}: train {self.trainer} fold {self.fold}"
+        return (f"[{state}] stage {self.stage}: pseudo-labels for fold {self.fold} from {self.trainer} "
+                f"fold(s) {', '.join(map(str, self.source_folds))} -> {self.output}")
+
+
+def plan_stages(dataset_name: str, configuration: str, trainer: str, folds: Sequence[Fold], stages: int,
+                plans_identifier: str = "nnUNetPlans") -> List[Step]:
+    """The steps of the pipeline in order: stage 0 for every fold, then per stage pseudo-labels + training per fold.
+    Numbered folds come before ``all``, whose pseudo-labels need the numbered models."""
+    from semi_nnunet.run.train_api import find_trainer_class
     from semi_nnunet.trainers.pseudo_label import pseudo_label_folder
-    train_fn = train_fn or train
-    dataset_name = find_dataset_name(dataset)
-    base = find_trainer_class(trainer)
-    stages = base.num_stages if stages is None else stages
-    folds = list(folds) if folds else folds_from_splits(dataset_name)
-    PlansManager(join(str(nnUNet_preprocessed), dataset_name, plans_identifier + ".json"))  # fails early if missing
-    unlabeled = get_unlabeled_folder(dataset_name, plans_identifier, configuration)
-
-    def train_if_needed(name: str, fold: Fold) -> None:
-        folder = _model_folder(dataset_name, name, plans_identifier, configuration)
-        if _is_trained(folder, fold):
-            print(f"{name} fold {fold}: already trained ({folder})")
-            return
-        latest = isfile(join(folder, f"fold_{fold}", "checkpoint_latest.pth"))
-        train_fn(dataset_name, configuration, name, [fold], plans_identifier, device, continue_training=latest,
-                 num_gpus=num_gpus)
-
-    numbered_first = sorted(folds, key=lambda f: (f == "all", str(f)))  # 'all' needs the numbered models first
-    for fold in numbered_first:
-        train_if_needed(trainer, fold)
+    ordered = sorted(folds, key=lambda f: (f == "all", str(f)))
+    steps = [Step("train", trainer, f, 0, model_folder=_model_folder(dataset_name, trainer, plans_identifier,
+                                                                        configuration)) for f in ordered]
     previous = trainer
     for k in range(1, stages + 1):
         current = f"{trainer}_stage{k}"
         find_trainer_class(current)
         prev_folder = _model_folder(dataset_name, previous, plans_identifier, configuration)
-        for fold in numbered_first:
-            source = pseudo_label_source_folds(prev_folder, fold, folds)
-            out = pseudo_label_folder(dataset_name, trainer, plans_identifier, configuration, k, fold)
-            predict_pseudo_labels(prev_folder, source, unlabeled, out,
-                                  {"stage": k, "fold": str(fold), "trainer": previous},
-                                  checkpoint_name, device, use_mirroring)
-            train_if_needed(current, fold)
+        for f in ordered:
+            numbered = [g for g in folds if g != "all"]
+            steps.append(Step("pseudo", previous, f, k, [f] if f != "all" else numbered or ["all"], prev_folder,
+                              pseudo_label_folder(dataset_name, trainer, plans_identifier, configuration, k, f)))
+            steps.append(Step("train", current, f, k,
+                              model_folder=_model_folder(dataset_name, current, plans_identifier, configuration)))
         previous = current
-    final = _model_folder(dataset_name, previous, plans_identifier, configuration)
+    return steps
+
+
+def step_done(step: Step, unlabeled_cases: Sequence[str]) -> bool:
+    from semi_nnunet.stages.pseudo_labels import is_complete
+    if step.kind == "train":
+        return _is_trained(step.model_folder, step.fold)
+    return is_complete(step.output, unlabeled_cases)
+
+
+def run_stages(dataset, configuration: str, trainer: str, folds: Optional[Sequence[Fold]] = None,
+               stages: Optional[int] = None, plans_identifier: str = "nnUNetPlans", device: str = "cuda",
+               checkpoint_name: str = "checkpoint_final.pth", use_mirroring: bool = False, num_gpus: int = 1,
+               train_fn=None, dry_run: bool = False) -> List[str]:
+    """Run (or continue) the staged pipeline of ``trainer``; returns the final stage's model folders per fold.
+    ``dry_run`` prints the plan (what is done, what is to do) and runs nothing."""
+    from semi_nnunet.planners.plan_and_preprocess_api import find_dataset_name, get_unlabeled_folder
+    from semi_nnunet.run.train_api import find_trainer_class, folds_from_splits, train
+    from semi_nnunet.stages.pseudo_labels import predict_pseudo_labels
+    from semi_nnunet.trainers.unlabeled_data import unlabeled_identifiers
+    train_fn = train_fn or train
+    dataset_name = find_dataset_name(dataset)
+    stages = find_trainer_class(trainer).num_stages if stages is None else stages
+    folds = list(folds) if folds else folds_from_splits(dataset_name)
+    unlabeled = get_unlabeled_folder(dataset_name, plans_identifier, configuration)
+    cases = unlabeled_identifiers(unlabeled)
+    steps = plan_stages(dataset_name, configuration, trainer, folds, stages, plans_identifier)
+    if dry_run:
+        print(f"Staged pipeline of {trainer} on {dataset_name} {configuration}, folds {folds}, {stages} stage(s):")
+        for step in steps:
+            print("  " + step.describe(step_done(step, cases)))
+        return []
+    for step in steps:
+        if step_done(step, cases):
+            print(step.describe(True))
+        elif step.kind == "train":
+            latest = isfile(join(step.model_folder, f"fold_{step.fold}", "checkpoint_latest.pth"))
+            train_fn(dataset_name, configuration, step.trainer, [step.fold], plans_identifier, device,
+                     continue_training=latest, num_gpus=num_gpus)
+        else:
+            source = pseudo_label_source_folds(step.model_folder, step.fold, folds)
+            predict_pseudo_labels(step.model_folder, source, unlabeled, step.output,
+                                  {"stage": step.stage, "fold": str(step.fold), "trainer": step.trainer},
+                                  checkpoint_name, device, use_mirroring, cases)
+    from semi_nnunet.stages.report import write_stage_report
+    models = [s.model_folder for s in steps if s.kind == "train" and s.fold == steps[0].fold]
+    pseudo = {s.stage: {} for s in steps if s.kind == "pseudo"}
+    for s in steps:
+        if s.kind == "pseudo":
+            pseudo[s.stage][str(s.fold)] = s.output
+    write_stage_report(steps[0].model_folder, models, folds, pseudo)
+    final = steps[-1].model_folder
     return [join(final, f"fold_{f}") for f in folds]

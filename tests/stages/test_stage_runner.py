@@ -45,13 +45,23 @@ def test_two_stages_on_one_fold_then_rerun_is_a_no_op(nnunet_paths, monkeypatch,
     ckpt = torch.load(stage1, map_location="cpu", weights_only=False)
     assert ckpt["trainer_name"] == f"{TRAINER}_stage1" and len(ckpt["logging"]["pseudo_loss"]) == 2
     assert _digest(join(raw, "labelsTr")) == labels_before  # ground truth never written
+    report = load_json(join(initial, "stages.json"))["rows"]
+    assert [(r["stage"], r["fold"]) for r in report] == [(0, "0"), (1, "0")]
+    assert all(0.0 <= r["validation_dice"] <= 1.0 for r in report) and os.path.isfile(join(initial, "stages.png"))
     assert not any("pseudo" in d for d in os.listdir(raw))
 
     capsys.readouterr()
     mtime = os.path.getmtime(stage1)
     train_main(["991", "2d", TRAINER, "0", "-device", "cpu", "--stages", "1"])
     out = capsys.readouterr().out
-    assert out.count("already trained") == 2 and os.path.getmtime(stage1) == mtime
+    assert out.count("[done]") == 3 and "[to do]" not in out and os.path.getmtime(stage1) == mtime
+
+    train_main(["991", "2d", TRAINER, "0", "-device", "cpu", "--stages", "2", "--dry-run"])
+    plan = capsys.readouterr().out.splitlines()
+    assert any(f"[done] stage 1: pseudo-labels for fold 0 from {TRAINER} fold(s) 0" in line for line in plan)
+    assert any(f"[to do] stage 2: pseudo-labels for fold 0 from {TRAINER}_stage1 fold(s) 0" in line for line in plan)
+    assert any(f"[to do] stage 2: train {TRAINER}_stage2 fold 0" in line for line in plan)
+    assert not os.path.exists(join(initial, "pseudo_labels", "stage_2"))  # a dry run writes nothing
 
 
 def test_stage_without_pseudo_labels_says_how_to_make_them(nnunet_paths, monkeypatch):
@@ -77,3 +87,21 @@ def test_fold_all_is_labelled_by_the_numbered_fold_models(tmp_path, capsys):
     assert pseudo_label_source_folds(model, "all", [0, 1, 2, 3, "all"]) == [0, 2]
     assert pseudo_label_source_folds(str(tmp_path / "none"), "all", ["all"]) == ["all"]
     assert "WARNING" in capsys.readouterr().out
+
+
+def test_label_agreement_between_pseudo_label_folders(tmp_path):
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+    from semi_nnunet.stages.report import label_agreement
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    os.makedirs(a), os.makedirs(b)
+    data = np.zeros((1, 1, 4, 4), np.float32)
+    s1 = np.zeros((1, 1, 4, 4), np.int8)
+    s1[..., :2, :] = 1  # 8 foreground pixels
+    s2 = np.zeros_like(s1)
+    s2[..., :1, :] = 1  # 4 of them: Dice = 2*4 / (8 + 4) = 2/3
+    empty = np.zeros_like(s1)
+    for folder, seg_x, seg_y in ((a, s1, empty), (b, s2, empty)):
+        nnUNetDatasetBlosc2.save_case(data, seg_x, {}, join(folder, "x"), chunks=(1, 1, 4, 4), blocks=(1, 1, 4, 4))
+        nnUNetDatasetBlosc2.save_case(data, seg_y, {}, join(folder, "y"), chunks=(1, 1, 4, 4), blocks=(1, 1, 4, 4))
+    assert label_agreement(a, b) == pytest.approx((2 / 3 + 1.0) / 2)  # y: both empty counts as agreement 1
+    assert label_agreement(a, str(tmp_path / "missing")) is None
