@@ -81,7 +81,6 @@ def fill_outline(outline: np.ndarray, where: str = "annotation") -> np.ndarray:
     filled = ndimage.binary_fill_holes(outline)
     if filled.sum() > outline.sum():
         return filled
-    from skimage.measure import EllipseModel
     ys, xs = np.nonzero(outline)
     fit = _fit_ellipse(np.stack([xs, ys], 1).astype(float))
     if fit is None:

@@ -77,8 +77,28 @@ def agree(a: List[torch.Tensor], b: List[torch.Tensor]) -> List[torch.Tensor]:
     return [torch.mul(x, y) > 0 for x, y in zip(a, b)]
 
 
-class _TwoGradientOptimizer(Optimizer):
-    """Shared bookkeeping: split parameters by which gradients they got, record the mask ratio."""
+class _GradOptimizer(Optimizer):
+    """``step()`` over the parameters that have a gradient, group by group: subclasses implement ``_base_step``."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._base_step(group, params, [p.grad for p in params])
+        return loss
+
+    def _base_step(self, group, params, grads):
+        raise NotImplementedError
+
+
+class _TwoGradientOptimizer(_GradOptimizer):
+    """Shared bookkeeping: split parameters by which gradients they got, record the mask ratio. ``step()`` is the
+    base optimizer on ``p.grad`` (no HCO)."""
 
     def __init__(self, params, defaults):
         super().__init__(params, defaults)
@@ -93,19 +113,6 @@ class _TwoGradientOptimizer(Optimizer):
 
     def _params(self) -> List[torch.Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        """The base optimizer on ``p.grad`` (no HCO)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if params:
-                self._base_step(group, params, [p.grad for p in params])
-        return loss
 
     @torch.no_grad()
     def step_hco(self, labeled_grads: Grads, unlabeled_grads: Grads) -> None:
@@ -135,9 +142,6 @@ class _TwoGradientOptimizer(Optimizer):
                 ones = count if ones is None else ones + count
                 total += sum(p.numel() for p in phis)
         self._mask_ones, self._mask_total = ones, total
-
-    def _base_step(self, group, params, grads):
-        raise NotImplementedError
 
     def _hco_step(self, group, params, grads_l, grads_u) -> List[torch.Tensor]:
         raise NotImplementedError

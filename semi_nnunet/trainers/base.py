@@ -152,26 +152,34 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
                 f"semi_nnUNet_plan_and_preprocess -d {self.plans_manager.dataset_name} -c {self.configuration_name}.")
         return ids
 
-    def get_unlabeled_dataloader(self):
-        ids = self.check_unlabeled_data()
+    def second_loader_transforms(self, deep_supervision_scales=None):
+        """nnU-Net's training transforms for the second loader, and the data-augmentation settings used."""
         rotation, dummy_2d, initial_patch_size, mirror_axes = \
             self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        weak = self.get_training_transforms(
-            self.configuration_manager.patch_size, rotation, None, mirror_axes, dummy_2d,
+        transforms = self.get_training_transforms(
+            self.configuration_manager.patch_size, rotation, deep_supervision_scales, mirror_axes, dummy_2d,
             use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=False,
             foreground_labels=self.label_manager.foreground_labels,
             regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
             ignore_label=self.label_manager.ignore_label)
-        views = WeakStrongViews(self.num_strong_views, ignore_axes=(0,) if dummy_2d else None)
-        loader = nnUNetDataLoader(UnlabeledDataset(self.unlabeled_folder, ids),
-                                  self.unlabeled_batch_size or self.batch_size, initial_patch_size,
-                                  self.configuration_manager.patch_size, self.label_manager,
-                                  oversample_foreground_percent=0.0, transforms=ComposeTransforms([weak, views]))
+        return transforms, initial_patch_size, dummy_2d
+
+    def background_loader(self, loader):
+        """Half of nnU-Net's augmentation workers for the second loader (none with nnUNet_n_proc_DA=0)."""
         n = get_allowed_n_proc_DA()
         if n == 0:
             return SingleThreadedAugmenter(loader, None)
         return NonDetMultiThreadedAugmenter(loader, None, num_processes=max(1, n // 2), num_cached=max(3, n // 2),
                                             seeds=None, pin_memory=self.device.type == "cuda", wait_time=0.002)
+
+    def get_unlabeled_dataloader(self):
+        ids = self.check_unlabeled_data()
+        weak, initial_patch_size, dummy_2d = self.second_loader_transforms()
+        views = WeakStrongViews(self.num_strong_views, ignore_axes=(0,) if dummy_2d else None)
+        return self.background_loader(nnUNetDataLoader(
+            UnlabeledDataset(self.unlabeled_folder, ids), self.unlabeled_batch_size or self.batch_size,
+            initial_patch_size, self.configuration_manager.patch_size, self.label_manager,
+            oversample_foreground_percent=0.0, transforms=ComposeTransforms([weak, views])))
 
     def get_dataloaders(self):
         train, val = super().get_dataloaders()

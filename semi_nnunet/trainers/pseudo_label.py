@@ -15,12 +15,9 @@ pseudo-label and a ``provenance.json``), never beside ground truth. ``semi_nnune
 from typing import Dict, List, Tuple
 
 import torch
-from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
-from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
 from semi_nnunet.trainers.base import NoUnlabeledDataError, SemiSupervisedTrainer
 from semi_nnunet.trainers.unlabeled_data import unlabeled_identifiers
@@ -58,24 +55,11 @@ class PseudoLabelTrainer(SemiSupervisedTrainer):
 
     def get_unlabeled_dataloader(self):
         ids = self.check_unlabeled_data()
-        rotation, dummy_2d, initial_patch_size, mirror_axes = \
-            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        transforms = self.get_training_transforms(
-            self.configuration_manager.patch_size, rotation, self._get_deep_supervision_scales(), mirror_axes,
-            dummy_2d, use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=False,
-            foreground_labels=self.label_manager.foreground_labels,
-            regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
-            ignore_label=self.label_manager.ignore_label)
-        loader = nnUNetDataLoader(nnUNetDatasetBlosc2(self.pseudo_label_folder, ids),
-                                  self.unlabeled_batch_size or self.batch_size, initial_patch_size,
-                                  self.configuration_manager.patch_size, self.label_manager,
-                                  oversample_foreground_percent=self.oversample_foreground_percent,
-                                  transforms=transforms)
-        n = get_allowed_n_proc_DA()
-        if n == 0:
-            return SingleThreadedAugmenter(loader, None)
-        return NonDetMultiThreadedAugmenter(loader, None, num_processes=max(1, n // 2), num_cached=max(3, n // 2),
-                                            seeds=None, pin_memory=self.device.type == "cuda", wait_time=0.002)
+        transforms, initial_patch_size, _ = self.second_loader_transforms(self._get_deep_supervision_scales())
+        return self.background_loader(nnUNetDataLoader(
+            nnUNetDatasetBlosc2(self.pseudo_label_folder, ids), self.unlabeled_batch_size or self.batch_size,
+            initial_patch_size, self.configuration_manager.patch_size, self.label_manager,
+            oversample_foreground_percent=self.oversample_foreground_percent, transforms=transforms))
 
     def prepare_unlabeled(self, batch: dict) -> dict:
         batch = self._to_device(batch)
