@@ -4,6 +4,19 @@ import os
 import pytest
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "progress_png: the test reads progress.png, so it is drawn")
+
+
+@pytest.fixture(autouse=True)
+def _no_progress_png(request, monkeypatch):
+    """nnU-Net redraws a 30x54-inch progress.png after every epoch (seconds each on a CPU); tests of a few
+    iterations skip it unless they are marked ``progress_png``."""
+    if request.node.get_closest_marker("progress_png") is None:
+        from nnunetv2.training.logging.nnunet_logger import LocalLogger
+        monkeypatch.setattr(LocalLogger, "plot_progress_png", lambda self, output_folder: None)
+
+
 
 def _point_paths(root, mp):
     paths = {}

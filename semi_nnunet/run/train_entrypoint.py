@@ -30,13 +30,18 @@ def main(argv=None) -> None:
                              "initial one (default: the trainer's, 4 for SemiCervixTrainer; 0: initial stage only)")
     parser.add_argument("--dry-run", action="store_true",
                         help="staged trainers: print the plan (done / to do per stage and fold) and run nothing")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="staged trainers: train the folds of a stage in this many processes (one GPU each)")
+    parser.add_argument("--stop-agreement", type=float, default=None,
+                        help="staged trainers: stop once a stage's pseudo-labels agree with the previous stage's "
+                             "(mean foreground Dice) at least this much, e.g. 0.98")
     args = parser.parse_args(argv)
 
     from semi_nnunet.run.train_api import TrainingError, train, with_optimizer
     try:
         outputs = train(args.dataset, args.configuration, with_optimizer(args.trainer, args.optimizer), args.folds or None, args.p, args.device,
                         args.c, args.val, args.npz, args.num_gpus, args.pretrained_weights, args.val_best,
-                        args.stages, args.dry_run)
+                        args.stages, args.dry_run, args.parallel, args.stop_agreement)
     except (TrainingError, DatasetError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(2)

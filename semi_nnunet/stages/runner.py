@@ -58,8 +58,9 @@ class Step:
 
 def plan_stages(dataset_name: str, configuration: str, trainer: str, folds: Sequence[Fold], stages: int,
                 plans_identifier: str = "nnUNetPlans") -> List[Step]:
-    """The steps of the pipeline in order: stage 0 for every fold, then per stage pseudo-labels + training per fold.
-    Numbered folds come before ``all``, whose pseudo-labels need the numbered models."""
+    """The steps of the pipeline in order: stage 0 for every fold, then per stage the pseudo-labels of every fold,
+    then the trainings of every fold. Numbered folds come before ``all``, whose pseudo-labels need the numbered
+    models."""
     from semi_nnunet.run.train_api import find_trainer_class
     from semi_nnunet.trainers.pseudo_label import pseudo_label_folder
     ordered = sorted(folds, key=lambda f: (f == "all", str(f)))
@@ -70,12 +71,13 @@ def plan_stages(dataset_name: str, configuration: str, trainer: str, folds: Sequ
         current = f"{trainer}_stage{k}"
         find_trainer_class(current)
         prev_folder = _model_folder(dataset_name, previous, plans_identifier, configuration)
-        for f in ordered:
-            numbered = [g for g in folds if g != "all"]
-            steps.append(Step("pseudo", previous, f, k, [f] if f != "all" else numbered or ["all"], prev_folder,
-                              pseudo_label_folder(dataset_name, trainer, plans_identifier, configuration, k, f)))
-            steps.append(Step("train", current, f, k,
-                              model_folder=_model_folder(dataset_name, current, plans_identifier, configuration)))
+        numbered = [g for g in folds if g != "all"]
+        steps += [Step("pseudo", previous, f, k, [f] if f != "all" else numbered or ["all"], prev_folder,
+                       pseudo_label_folder(dataset_name, trainer, plans_identifier, configuration, k, f))
+                  for f in ordered]
+        steps += [Step("train", current, f, k,
+                       model_folder=_model_folder(dataset_name, current, plans_identifier, configuration))
+                  for f in ordered]
         previous = current
     return steps
 
@@ -87,15 +89,50 @@ def step_done(step: Step, unlabeled_cases: Sequence[str]) -> bool:
     return is_complete(step.output, unlabeled_cases)
 
 
+def _train_in_subprocesses(steps: List[Step], dataset_name: str, configuration: str, plans_identifier: str,
+                           device: str, parallel: int) -> None:
+    """Train ``steps`` (one stage, different folds) in up to ``parallel`` processes (one GPU each on CUDA)."""
+    import os
+    import queue
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+    slots = queue.Queue()
+    for i in range(parallel):
+        slots.put(i)
+
+    def run(step: Step) -> None:
+        slot = slots.get()
+        try:
+            env = dict(os.environ)
+            if device == "cuda":
+                env["CUDA_VISIBLE_DEVICES"] = str(slot)
+            latest = isfile(join(step.model_folder, f"fold_{step.fold}", "checkpoint_latest.pth"))
+            cmd = [sys.executable, "-m", "semi_nnunet.run.train_entrypoint", dataset_name, configuration,
+                   step.trainer, str(step.fold), "-p", plans_identifier, "-device", device, "--stages", "0"]
+            subprocess.run(cmd + (["--c"] if latest else []), env=env, check=True)
+        finally:
+            slots.put(slot)
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        for future in [pool.submit(run, step) for step in steps]:
+            future.result()  # re-raise a failed fold
+
+
 def run_stages(dataset, configuration: str, trainer: str, folds: Optional[Sequence[Fold]] = None,
                stages: Optional[int] = None, plans_identifier: str = "nnUNetPlans", device: str = "cuda",
                checkpoint_name: str = "checkpoint_final.pth", use_mirroring: bool = False, num_gpus: int = 1,
-               train_fn=None, dry_run: bool = False) -> List[str]:
+               train_fn=None, dry_run: bool = False, parallel: int = 1,
+               stop_agreement: Optional[float] = None) -> List[str]:
     """Run (or continue) the staged pipeline of ``trainer``; returns the final stage's model folders per fold.
-    ``dry_run`` prints the plan (what is done, what is to do) and runs nothing."""
+
+    ``dry_run`` prints the plan (what is done, what is to do) and runs nothing. ``parallel`` trains the folds of a
+    stage in that many processes (one GPU each with CUDA). ``stop_agreement`` stops early once the pseudo-labels of
+    a stage agree with the previous stage's (mean foreground Dice over cases and folds) at least that much."""
     from semi_nnunet.planners.plan_and_preprocess_api import find_dataset_name, get_unlabeled_folder
     from semi_nnunet.run.train_api import find_trainer_class, folds_from_splits, train
     from semi_nnunet.stages.pseudo_labels import predict_pseudo_labels
+    from semi_nnunet.stages.report import label_agreement, write_stage_report
     from semi_nnunet.trainers.unlabeled_data import unlabeled_identifiers
     train_fn = train_fn or train
     dataset_name = find_dataset_name(dataset)
@@ -109,24 +146,37 @@ def run_stages(dataset, configuration: str, trainer: str, folds: Optional[Sequen
         for step in steps:
             print("  " + step.describe(step_done(step, cases)))
         return []
-    for step in steps:
-        if step_done(step, cases):
-            print(step.describe(True))
-        elif step.kind == "train":
-            latest = isfile(join(step.model_folder, f"fold_{step.fold}", "checkpoint_latest.pth"))
-            train_fn(dataset_name, configuration, step.trainer, [step.fold], plans_identifier, device,
-                     continue_training=latest, num_gpus=num_gpus)
-        else:
+    pseudo = {}
+    last_trained, completed = steps[0].model_folder, 0
+    for k in range(stages + 1):
+        stage_steps = [s for s in steps if s.stage == k]
+        for step in (s for s in stage_steps if s.kind == "pseudo"):
+            pseudo.setdefault(k, {})[str(step.fold)] = step.output
+            if step_done(step, cases):
+                print(step.describe(True))
+                continue
             source = pseudo_label_source_folds(step.model_folder, step.fold, folds)
             predict_pseudo_labels(step.model_folder, source, unlabeled, step.output,
-                                  {"stage": step.stage, "fold": str(step.fold), "trainer": step.trainer},
+                                  {"stage": k, "fold": str(step.fold), "trainer": step.trainer},
                                   checkpoint_name, device, use_mirroring, cases)
-    from semi_nnunet.stages.report import write_stage_report
+        if stop_agreement is not None and k >= 2:
+            agreement = [label_agreement(pseudo[k - 1][f], pseudo[k][f]) for f in pseudo[k]]
+            mean = sum(a for a in agreement if a is not None) / max(1, sum(a is not None for a in agreement))
+            if mean >= stop_agreement:
+                print(f"Stopping before stage {k}: its pseudo-labels agree with stage {k - 1}'s at {mean:.4f} "
+                      f">= {stop_agreement} (--stop-agreement).")
+                break
+        todo = [s for s in stage_steps if s.kind == "train" and not step_done(s, cases)]
+        for step in (s for s in stage_steps if s.kind == "train" and s not in todo):
+            print(step.describe(True))
+        if parallel > 1 and len(todo) > 1:
+            _train_in_subprocesses(todo, dataset_name, configuration, plans_identifier, device, parallel)
+        else:
+            for step in todo:
+                latest = isfile(join(step.model_folder, f"fold_{step.fold}", "checkpoint_latest.pth"))
+                train_fn(dataset_name, configuration, step.trainer, [step.fold], plans_identifier, device,
+                         continue_training=latest, num_gpus=num_gpus)
+        last_trained, completed = stage_steps[-1].model_folder, k
     models = [s.model_folder for s in steps if s.kind == "train" and s.fold == steps[0].fold]
-    pseudo = {s.stage: {} for s in steps if s.kind == "pseudo"}
-    for s in steps:
-        if s.kind == "pseudo":
-            pseudo[s.stage][str(s.fold)] = s.output
-    write_stage_report(steps[0].model_folder, models, folds, pseudo)
-    final = steps[-1].model_folder
-    return [join(final, f"fold_{f}") for f in folds]
+    write_stage_report(steps[0].model_folder, models[:completed + 1], folds, pseudo)
+    return [join(last_trained, f"fold_{f}") for f in folds]

@@ -63,6 +63,13 @@ def test_two_stages_on_one_fold_then_rerun_is_a_no_op(nnunet_paths, monkeypatch,
     assert any(f"[to do] stage 2: train {TRAINER}_stage2 fold 0" in line for line in plan)
     assert not os.path.exists(join(initial, "pseudo_labels", "stage_2"))  # a dry run writes nothing
 
+    # early stop: stage-2 pseudo-labels are made, agree with stage 1's at >= 0, so stage 2 is not trained
+    train_main(["991", "2d", TRAINER, "0", "-device", "cpu", "--stages", "2", "--stop-agreement", "0.0"])
+    assert "Stopping before stage 2" in capsys.readouterr().out
+    assert os.path.isfile(join(initial, "pseudo_labels", "stage_2", "fold_0", "provenance.json"))
+    assert not os.path.exists(join(results, f"{TRAINER}_stage2__nnUNetPlans__2d"))
+    assert [r["stage"] for r in load_json(join(initial, "stages.json"))["rows"]] == [0, 1]
+
 
 def test_stage_without_pseudo_labels_says_how_to_make_them(nnunet_paths, monkeypatch):
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
@@ -105,3 +112,44 @@ def test_label_agreement_between_pseudo_label_folders(tmp_path):
         nnUNetDatasetBlosc2.save_case(data, seg_y, {}, join(folder, "y"), chunks=(1, 1, 4, 4), blocks=(1, 1, 4, 4))
     assert label_agreement(a, b) == pytest.approx((2 / 3 + 1.0) / 2)  # y: both empty counts as agreement 1
     assert label_agreement(a, str(tmp_path / "missing")) is None
+
+
+def test_two_folds_two_stages_killed_midway_then_resumed(nnunet_paths):
+    """SIGKILL during stage-1 training, rerun (folds in parallel): finishes, never retrains stage 0, every pseudo-label
+    comes from its own fold's model of the previous stage."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    make_synthetic_dataset(nnunet_paths["nnUNet_raw"], 993, dim=2, num_labeled=5, num_unlabeled=3, shape=(32, 32))
+    plan_and_preprocess(993, ["2d"], num_processes=1, show_progress=False)
+    cmd = [sys.executable, "-c", "from semi_nnunet.run.train_entrypoint import main; main()",
+           "993", "2d", TRAINER, "0", "1", "--stages", "2", "-device", "cpu"]
+    env = {**os.environ, "nnUNet_n_proc_DA": "0"}
+    results = join(nnunet_paths["nnUNet_results"], "Dataset993_Synthetic2D")
+    stage1_fold0 = join(results, f"{TRAINER}_stage1__nnUNetPlans__2d", "fold_0")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not os.path.isdir(stage1_fold0) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the pipeline ended before stage 1 started"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    initial = join(results, f"{TRAINER}__nnUNetPlans__2d")
+    stage0 = {f: os.path.getmtime(join(initial, f"fold_{f}", "checkpoint_final.pth")) for f in (0, 1)}
+
+    # the rerun trains the two folds of each remaining stage side by side
+    subprocess.run(cmd + ["--parallel", "2"], env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    assert {f: os.path.getmtime(join(initial, f"fold_{f}", "checkpoint_final.pth")) for f in (0, 1)} == stage0
+    for k in (1, 2):
+        previous = initial if k == 1 else join(results, f"{TRAINER}_stage1__nnUNetPlans__2d")
+        for f in (0, 1):
+            pseudo = join(initial, "pseudo_labels", f"stage_{k}", f"fold_{f}")
+            prov = load_json(join(pseudo, "provenance.json"))
+            assert prov["folds"] == [str(f)] and prov["model_folder"] == previous  # its own fold's model only
+            assert sorted(unlabeled_identifiers(pseudo)) == ["unl000", "unl001", "unl002"]
+            assert os.path.isfile(join(results, f"{TRAINER}_stage{k}__nnUNetPlans__2d", f"fold_{f}",
+                                       "checkpoint_final.pth"))
+    assert not any(name.startswith(".staging") for name in os.listdir(join(initial, "pseudo_labels", "stage_1")))

@@ -60,6 +60,7 @@ def test_trainer_contract(planned, name):
     trainer = cls({**plans, "continue_training": False}, "2d", 0, dataset_json, torch.device("cpu"))
     trainer.initialize()
     trainer.global_step = trainer.num_epochs * trainer.num_iterations_per_epoch // 2  # mid-training weights
+    torch.manual_seed(0)  # methods draw their own randomness (e.g. two transforms that may coincide by chance)
     labeled, unlabeled = random_batch(trainer, torch.Generator().manual_seed(0))
 
     sup, unsup, logs = trainer.compute_losses({"labeled": labeled, "unlabeled": unlabeled})

@@ -30,6 +30,7 @@ def test_hco_variants_are_found_by_name():
         with_optimizer("nnUNetTrainer", "hco_sgd")
 
 
+@pytest.mark.progress_png
 def test_mean_teacher_hco_trains_logs_and_resumes(planned):
     from nnunetv2.run.run_training import maybe_load_checkpoint
     train_main(["971", "2d", "MeanTeacherTrainer_2epochs_2it", "0", "-device", "cpu", "--optimizer", "hco_sgd"])
