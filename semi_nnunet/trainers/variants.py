@@ -36,3 +36,8 @@ class SemiCervixTrainer_2epochs_2it(SemiCervixTrainer):
 class SemiCervixTrainer_softmax(SemiCervixTrainer):
     """Consistency on probabilities instead of logits (bounded; spec ambiguity 2)."""
     cons_space = "softmax"
+
+
+class SemiCervixTrainer_demo(SemiCervixTrainer):
+    """Semi-CervixSeg on the demo's CPU budget (same schedule as nnUNetTrainer_demo; its stages inherit it)."""
+    schedule = nnUNetTrainer_demo.schedule
