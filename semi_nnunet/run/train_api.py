@@ -86,7 +86,7 @@ def train(dataset: Union[int, str], configuration: str, trainer: str = "nnUNetTr
           export_validation_probabilities: bool = False, num_gpus: int = 1,
           pretrained_weights: Optional[str] = None, val_with_best: bool = False,
           stages: Optional[int] = None, dry_run: bool = False, parallel: int = 1,
-          stop_agreement: Optional[float] = None) -> List[str]:
+          stop_agreement: Optional[float] = None, finetune: bool = False) -> List[str]:
     """Train ``trainer`` on the given folds (``None``: every fold of the splits). Returns the output folders.
 
     A staged trainer (``num_stages > 0``, e.g. SemiCervixTrainer) runs its whole pipeline: stage 0, pseudo-labels from
@@ -135,7 +135,7 @@ def train(dataset: Union[int, str], configuration: str, trainer: str = "nnUNetTr
             return train(*args, stages=0, **kwargs)
         return run_stages(dataset_name, configuration, trainer, folds, n_stages, plans_identifier, device,
                           num_gpus=num_gpus, train_fn=train_one, dry_run=dry_run, parallel=parallel,
-                          stop_agreement=stop_agreement)
+                          stop_agreement=stop_agreement, finetune=finetune)
 
     register_with_nnunet()
     outputs = []

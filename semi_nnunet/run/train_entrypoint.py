@@ -35,13 +35,16 @@ def main(argv=None) -> None:
     parser.add_argument("--stop-agreement", type=float, default=None,
                         help="staged trainers: stop once a stage's pseudo-labels agree with the previous stage's "
                              "(mean foreground Dice) at least this much, e.g. 0.98")
+    parser.add_argument("--finetune", action="store_true",
+                        help="staged trainers: start each stage from the same fold's previous-stage model instead of "
+                             "a freshly initialised network")
     args = parser.parse_args(argv)
 
     from semi_nnunet.run.train_api import TrainingError, train, with_optimizer
     try:
         outputs = train(args.dataset, args.configuration, with_optimizer(args.trainer, args.optimizer), args.folds or None, args.p, args.device,
                         args.c, args.val, args.npz, args.num_gpus, args.pretrained_weights, args.val_best,
-                        args.stages, args.dry_run, args.parallel, args.stop_agreement)
+                        args.stages, args.dry_run, args.parallel, args.stop_agreement, args.finetune)
     except (TrainingError, DatasetError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(2)

@@ -89,8 +89,13 @@ def step_done(step: Step, unlabeled_cases: Sequence[str]) -> bool:
     return is_complete(step.output, unlabeled_cases)
 
 
+def _pretrained(step: Step, previous_model: Optional[str]) -> Optional[str]:
+    """Fine-tuning: stage k starts from the same fold's final stage k-1 checkpoint."""
+    return join(previous_model, f"fold_{step.fold}", "checkpoint_final.pth") if previous_model else None
+
+
 def _train_in_subprocesses(steps: List[Step], dataset_name: str, configuration: str, plans_identifier: str,
-                           device: str, parallel: int) -> None:
+                           device: str, parallel: int, previous_model: Optional[str] = None) -> None:
     """Train ``steps`` (one stage, different folds) in up to ``parallel`` processes (one GPU each on CUDA)."""
     import os
     import queue
@@ -110,7 +115,9 @@ def _train_in_subprocesses(steps: List[Step], dataset_name: str, configuration: 
             latest = isfile(join(step.model_folder, f"fold_{step.fold}", "checkpoint_latest.pth"))
             cmd = [sys.executable, "-m", "semi_nnunet.run.train_entrypoint", dataset_name, configuration,
                    step.trainer, str(step.fold), "-p", plans_identifier, "-device", device, "--stages", "0"]
-            subprocess.run(cmd + (["--c"] if latest else []), env=env, check=True)
+            pretrained = _pretrained(step, previous_model)
+            extra = ["--c"] if latest else (["-pretrained_weights", pretrained] if pretrained else [])
+            subprocess.run(cmd + extra, env=env, check=True)
         finally:
             slots.put(slot)
 
@@ -123,7 +130,7 @@ def run_stages(dataset, configuration: str, trainer: str, folds: Optional[Sequen
                stages: Optional[int] = None, plans_identifier: str = "nnUNetPlans", device: str = "cuda",
                checkpoint_name: str = "checkpoint_final.pth", use_mirroring: bool = False, num_gpus: int = 1,
                train_fn=None, dry_run: bool = False, parallel: int = 1,
-               stop_agreement: Optional[float] = None) -> List[str]:
+               stop_agreement: Optional[float] = None, finetune: bool = False) -> List[str]:
     """Run (or continue) the staged pipeline of ``trainer``; returns the final stage's model folders per fold.
 
     ``dry_run`` prints the plan (what is done, what is to do) and runs nothing. ``parallel`` trains the folds of a
@@ -167,15 +174,18 @@ def run_stages(dataset, configuration: str, trainer: str, folds: Optional[Sequen
                       f">= {stop_agreement} (--stop-agreement).")
                 break
         todo = [s for s in stage_steps if s.kind == "train" and not step_done(s, cases)]
+        previous_model = last_trained if finetune and k > 0 else None
         for step in (s for s in stage_steps if s.kind == "train" and s not in todo):
             print(step.describe(True))
         if parallel > 1 and len(todo) > 1:
-            _train_in_subprocesses(todo, dataset_name, configuration, plans_identifier, device, parallel)
+            _train_in_subprocesses(todo, dataset_name, configuration, plans_identifier, device, parallel,
+                                   previous_model)
         else:
             for step in todo:
                 latest = isfile(join(step.model_folder, f"fold_{step.fold}", "checkpoint_latest.pth"))
                 train_fn(dataset_name, configuration, step.trainer, [step.fold], plans_identifier, device,
-                         continue_training=latest, num_gpus=num_gpus)
+                         continue_training=latest, num_gpus=num_gpus,
+                         pretrained_weights=None if latest else _pretrained(step, previous_model))
         last_trained, completed = stage_steps[-1].model_folder, k
     models = [s.model_folder for s in steps if s.kind == "train" and s.fold == steps[0].fold]
     write_stage_report(steps[0].model_folder, models[:completed + 1], folds, pseudo)

@@ -70,6 +70,12 @@ def test_two_stages_on_one_fold_then_rerun_is_a_no_op(nnunet_paths, monkeypatch,
     assert not os.path.exists(join(results, f"{TRAINER}_stage2__nnUNetPlans__2d"))
     assert [r["stage"] for r in load_json(join(initial, "stages.json"))["rows"]] == [0, 1]
 
+    # fine-tuning: stage 2 starts from fold 0's final stage-1 model
+    train_main(["991", "2d", TRAINER, "0", "-device", "cpu", "--stages", "2", "--finetune"])
+    out = capsys.readouterr().out
+    assert "Loading pretrained weights" in out and stage1 in out
+    assert os.path.isfile(join(results, f"{TRAINER}_stage2__nnUNetPlans__2d", "fold_0", "checkpoint_final.pth"))
+
 
 def test_stage_without_pseudo_labels_says_how_to_make_them(nnunet_paths, monkeypatch):
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")

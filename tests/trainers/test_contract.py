@@ -74,3 +74,24 @@ def test_trainer_contract(planned, name):
     if trainer.teacher is not None:
         assert all(p.grad is None for p in trainer.teacher.parameters()), "the teacher must get no gradient"
         assert all(not p.requires_grad for p in trainer.teacher.parameters())
+
+
+@pytest.mark.parametrize("name", METHOD_TRAINERS)
+def test_hco_update_step_for_every_method(planned, name):
+    """Every method runs with HCO by name (<Trainer>_HCO): the two-gradient step moves the student and keeps a
+    fraction of the unlabeled coordinates."""
+    from semi_nnunet.run.train_api import find_trainer_class
+    from semi_nnunet.optim.hco import _TwoGradientOptimizer
+    plans, dataset_json = planned
+    cls = find_trainer_class(f"{name}_HCO")
+    trainer = cls({**plans, "continue_training": False}, "2d", 0, dataset_json, torch.device("cpu"))
+    trainer.initialize()
+    assert isinstance(trainer.optimizer, _TwoGradientOptimizer)
+    trainer.global_step = trainer.num_epochs * trainer.num_iterations_per_epoch // 2
+    torch.manual_seed(0)
+    labeled, unlabeled = random_batch(trainer, torch.Generator().manual_seed(1))
+    before = [p.detach().clone() for p in trainer.network.parameters()]
+    sup, unsup, logs = trainer.update_step(labeled, unlabeled)
+    assert math.isfinite(sup.item()) and math.isfinite(unsup.item())
+    assert 0.0 < logs["hco_mask_ratio"] < 1.0
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.network.parameters()))
