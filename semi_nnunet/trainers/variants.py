@@ -41,3 +41,8 @@ class SemiCervixTrainer_softmax(SemiCervixTrainer):
 class SemiCervixTrainer_demo(SemiCervixTrainer):
     """Semi-CervixSeg on the demo's CPU budget (same schedule as nnUNetTrainer_demo; its stages inherit it)."""
     schedule = nnUNetTrainer_demo.schedule
+
+
+class SemiCervixTrainer_softmax_demo(SemiCervixTrainer_softmax):
+    """The softmax-space consistency on the demo's CPU budget (benchmark comparison with SemiCervixTrainer_demo)."""
+    schedule = nnUNetTrainer_demo.schedule
