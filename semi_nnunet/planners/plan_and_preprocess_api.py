@@ -154,13 +154,14 @@ def plan_and_preprocess(dataset_id, configurations: Sequence[str] = ("2d", "3d_f
     # 3. preprocessing, labeled and unlabeled, with the same plans
     plans = load_json(join(preprocessed_folder, plans_identifier + ".json"))
     dataset_json = load_json(join(preprocessed_folder, "dataset.json"))
-    available = PlansManager(plans).available_configurations
+    plans_manager = PlansManager(plans)
+    available = plans_manager.available_configurations
     for c in configurations:
         if c not in available:
             print(f"INFO: configuration {c} is not in {plans_identifier}.json of {dataset_name} "
                   f"(available: {available}). Skipping.")
             continue
-        data_identifier = PlansManager(plans).get_configuration(c).data_identifier
+        data_identifier = plans_manager.get_configuration(c).data_identifier
         labeled_out = join(preprocessed_folder, data_identifier)
         unlabeled_out = join(preprocessed_folder, unlabeled_folder_name(data_identifier))
         lab = preprocess_cases({k: (ds.labeled[k], ds.labels[k]) for k in ds.labeled}, labeled_out, plans, c,

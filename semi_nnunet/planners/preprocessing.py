@@ -108,8 +108,9 @@ def preprocess_cases(cases: Dict[str, Tuple[List[str], Optional[str]]], output_f
     wanted = {k: cfg + ":" + files_stamp(imgs + ([lab] if lab else [])) for k, (imgs, lab) in cases.items()}
 
     removed = 0
-    present = {f[:-len(".pkl")] for f in os.listdir(output_folder) if f.endswith(".pkl")} | \
-        {f[:-len(".b2nd")] for f in os.listdir(output_folder) if f.endswith(".b2nd") and not f.endswith("_seg.b2nd")}
+    files = os.listdir(output_folder)
+    present = {f[:-len(".pkl")] for f in files if f.endswith(".pkl")} | \
+        {f[:-len(".b2nd")] for f in files if f.endswith(".b2nd") and not f.endswith("_seg.b2nd")}
     for stale in sorted(present - set(cases)):
         for suffix in _CASE_SUFFIXES:
             if isfile(join(output_folder, stale + suffix)):

@@ -295,12 +295,12 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
         unlabeled = self.prepare_unlabeled(next(self.dataloader_unlabeled))
         sup, unsup, logs = self.update_step(labeled, unlabeled)
         self.after_step()
-        ratio = float(unsup) / float(sup) if float(sup) != 0 else float("nan")
-        logs = {"sup_loss": sup, "unsup_loss": unsup, "unsup_weight": self.unlabeled_weight(),
-                "unsup_sup_ratio": ratio, **logs}
+        sup_f, unsup_f = float(sup), float(unsup)  # one device sync each per iteration
+        logs = {"sup_loss": sup_f, "unsup_loss": unsup_f, "unsup_weight": self.unlabeled_weight(),
+                "unsup_sup_ratio": unsup_f / sup_f if sup_f != 0 else float("nan"), **logs}
         for key, value in logs.items():
             self._epoch_logs[key].append(float(value))
-        return {"loss": (sup + unsup).cpu().numpy()}
+        return {"loss": np.asarray(sup_f + unsup_f)}
 
     # ------------------------------------------------------------------ logging
     def on_train_epoch_start(self):
