@@ -23,6 +23,9 @@ setup(
         "numpy",
         "tqdm",
         "matplotlib",
+        "medpy>=0.5",  # HD95 / ASD in semi_nnUNet_evaluate (the challenge papers' implementation)
+        "segment-anything>=1.0",  # SAM architecture for SynFoC
+        "peft>=0.10",  # LoRA adapters for SynFoC's SAM encoder
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={
