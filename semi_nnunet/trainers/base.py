@@ -15,6 +15,11 @@ That split is exactly what HCO needs: the labeled gradient is complete before th
 whose losses share one graph (e.g. a contrastive loss over labeled and unlabeled anchors) sets ``joint_losses = True``
 and overrides ``compute_losses``; the step then backpropagates the sum.
 
+Methods with more networks than nnU-Net's U-Net (a classification head, a foundation model) return them from
+``build_auxiliary_modules()``; the base moves them to the device, optimizes their trainable parameters with the
+U-Net's, switches their train/eval mode, clips them, averages their gradients under DDP and saves them in the
+checkpoint under ``auxiliary_weights``. ``network_weights`` stays the U-Net alone, so nnU-Net's predictor loads it.
+
 Hyperparameters are class attributes, so a variant is a two-line subclass and nnU-Net's ``debug.json`` records them;
 nnU-Net's five constructor arguments are never extended.
 """
@@ -80,6 +85,7 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.teacher: Optional[torch.nn.Module] = None
+        self.auxiliary: Optional[torch.nn.ModuleDict] = None
         self._hco_scaler = HCOScaler(self.grad_scaler)
         self.dataloader_unlabeled = None
         self.global_step = 0
@@ -140,7 +146,18 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
             self.teacher = make_teacher(self.unwrapped_network())
             self.teacher.decoder.deep_supervision = False
 
+    def build_auxiliary_modules(self) -> Dict[str, torch.nn.Module]:
+        """Networks besides the U-Net that the method trains or keeps (see the module docstring). Default: none."""
+        return {}
+
+    def trainable_parameters(self) -> List[torch.nn.Parameter]:
+        """What the optimizer updates: the U-Net's parameters, then the auxiliary modules' trainable ones."""
+        aux = [p for p in self.auxiliary.parameters() if p.requires_grad] if self.auxiliary is not None else []
+        return list(self.network.parameters()) + aux
+
     def configure_optimizers(self):
+        if self.auxiliary is None:  # nnU-Net calls this from initialize(), right after building the network
+            self.auxiliary = torch.nn.ModuleDict(self.build_auxiliary_modules()).to(self.device)
         return build_optimizer(self)
 
     def check_unlabeled_data(self) -> List[str]:
@@ -220,14 +237,27 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
             return
         (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
 
+    def _sync_auxiliary_grads(self) -> None:
+        """DDP all-reduces the U-Net's gradients; the auxiliary modules' are averaged here."""
+        if not self.is_ddp or not self.auxiliary:
+            return
+        grads = [p.grad for p in self.auxiliary.parameters() if p.grad is not None]
+        if grads:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            flat /= dist.get_world_size()
+            torch._foreach_copy_(grads, list(torch.split(flat, [g.numel() for g in grads])))
+
     def _clip_and_step(self) -> None:
+        self._sync_auxiliary_grads()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
         if self.grad_scaler is not None:
             self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            torch.nn.utils.clip_grad_norm_(params, 12)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            torch.nn.utils.clip_grad_norm_(params, 12)
             self.optimizer.step()
 
     def update_step(self, labeled: dict, unlabeled: dict) -> Losses:
@@ -267,6 +297,7 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
             with self._autocast():
                 sup, logs = self.supervised_loss(labeled)
             self._backward(sup)
+            self._sync_auxiliary_grads()
             grads_l = [p.grad for p in params]
             for p in params:
                 p.grad = None
@@ -274,6 +305,7 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
                 unsup, logs_u = self.unlabeled_loss(unlabeled, labeled)
             logs = {**logs, **logs_u}
         self._backward(unsup)
+        self._sync_auxiliary_grads()
         grads_u = [p.grad for p in params]
         finite = self._hco_scaler.unscale_(grads_l + grads_u)
         if finite:
@@ -306,6 +338,13 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
     def on_train_epoch_start(self):
         self._epoch_logs = defaultdict(list)
         super().on_train_epoch_start()
+        if self.auxiliary is not None:
+            self.auxiliary.train()
+
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        if self.auxiliary is not None:
+            self.auxiliary.eval()
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
@@ -329,6 +368,7 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
     def extra_checkpoint_state(self) -> dict:
         """State beyond nnU-Net's keys (teacher, step counter); methods with more state extend this."""
         return {"teacher_weights": self.teacher.state_dict() if self.teacher is not None else None,
+                "auxiliary_weights": self.auxiliary.state_dict() if self.auxiliary else None,
                 "semi_global_step": self.global_step, "hco_clean_steps": self._hco_scaler.clean_steps}
 
     def load_extra_checkpoint_state(self, checkpoint: dict) -> None:
@@ -337,6 +377,8 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
                 self.teacher.load_state_dict(checkpoint["teacher_weights"])
             else:  # e.g. -pretrained_weights or a stock nnU-Net checkpoint: start the teacher at the student
                 self.teacher.load_state_dict(self.unwrapped_network().state_dict())
+        if self.auxiliary and checkpoint.get("auxiliary_weights") is not None:
+            self.auxiliary.load_state_dict(checkpoint["auxiliary_weights"])
         self.global_step = checkpoint.get("semi_global_step", self.current_epoch * self.num_iterations_per_epoch)
         self._hco_scaler.clean_steps = checkpoint.get("hco_clean_steps", 0)
 

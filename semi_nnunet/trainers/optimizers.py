@@ -37,7 +37,8 @@ def build_optimizer(trainer) -> tuple:
         raise HCONotApplicableError(
             f"{type(trainer).__name__} learns without labels, so there is no labeled gradient for HCO to trust. "
             f"Use --optimizer sgd or adamw.")
-    params = trainer.network.parameters()
+    params = trainer.trainable_parameters() if hasattr(trainer, "trainable_parameters") \
+        else list(trainer.network.parameters())
     if not hasattr(trainer, "_base_initial_lr"):  # idempotent: the scale is applied to the base rate once
         trainer._base_initial_lr = trainer.adamw_initial_lr if name.endswith("adamw") else trainer.initial_lr
     trainer.initial_lr = trainer._base_initial_lr * (trainer.hco_lr_scale if name.startswith("hco") else 1.0)
