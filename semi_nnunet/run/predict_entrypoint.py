@@ -1,0 +1,67 @@
+"""semi_nnUNet_predict: argument parsing only; the work is in semi_nnunet.inference.predict_api."""
+import argparse
+import sys
+
+from semi_nnunet.inference.models import PredictionError
+from semi_nnunet.utilities.raw_dataset import DatasetError
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Predict images with one trained model or an in-memory ensemble of folds, trainers, stages and "
+                    "configurations (nnU-Net's sliding window, Gaussian weighting and mirroring).",
+        epilog="Examples:\n  semi_nnUNet_predict -i imagesTs -o pred -d 1 -c 2d -tr MeanTeacherTrainer\n"
+               "  semi_nnUNet_predict -i imagesTs -o pred -d 1 -c 2d 3d_fullres -tr nnUNetTrainer SemiCervixTrainer "
+               "--stage 2\n  semi_nnUNet_predict -i imagesTs -o pred -m RESULTS/Dataset001_X/T__nnUNetPlans__2d\n"
+               "  semi_nnUNet_predict -i imagesTs -o pred --spec ensemble.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-i", required=True, help="input folder: CASE_0000<file ending> per channel")
+    parser.add_argument("-o", required=True, help="output folder")
+    parser.add_argument("-d", default=None, help="dataset id or name (needed with -c/-tr; checked against -m/--spec)")
+    parser.add_argument("-c", nargs="+", default=None, help="configuration(s), e.g. 2d 3d_fullres")
+    parser.add_argument("-tr", nargs="+", default=None, help="trainer(s); every trainer x configuration is a member")
+    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    parser.add_argument("-f", nargs="+", default=None, help="folds to ensemble (default: every fold with the checkpoint)")
+    parser.add_argument("--stage", type=int, default=None,
+                        help="staged trainers: use the models of this stage (TRAINER_stage<K>; 0 = the initial one)")
+    parser.add_argument("-m", nargs="+", default=None, help="model folder(s) (<Trainer>__<Plans>__<Config>) instead of -c/-tr")
+    parser.add_argument("--spec", default=None,
+                        help='JSON list of members: [{"model": DIR, "folds": [0, 1]}, {"dataset": 1, '
+                             '"configuration": "2d", "trainer": "T", "stage": 2}, ...]')
+    parser.add_argument("--chk", default="checkpoint_final.pth", help="checkpoint name (default checkpoint_final.pth)")
+    parser.add_argument("--save_probabilities", action="store_true", help="also write CASE.npz (+ .pkl) like nnU-Net")
+    parser.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (faster)")
+    parser.add_argument("--average", default="probabilities", choices=["probabilities", "logits"],
+                        help="fold averaging: probabilities (default, as nnUNetv2_ensemble) or logits (as "
+                             "nnUNetv2_predict)")
+    parser.add_argument("--overwrite", action="store_true", help="redo finished cases / replace another ensemble's output")
+    parser.add_argument("-device", default="cuda", choices=["cpu", "cuda", "mps"], help="default: cuda")
+    args = parser.parse_args(argv)
+
+    from semi_nnunet.inference.models import Member, member_from_names, members_from_spec
+    from semi_nnunet.inference.predict_api import predict
+    try:
+        folds = [int(f) if f.isdigit() else f for f in args.f] if args.f else []
+        members = []
+        if args.m:
+            members += [Member(m, folds, args.chk) for m in args.m]
+        if args.spec:
+            members += members_from_spec(args.spec)
+        if args.c or args.tr:
+            if not (args.c and args.tr and args.d):
+                raise PredictionError("-c and -tr name models only together with -d.", "-d / -c / -tr",
+                                      "give all three (e.g. -d 1 -c 2d -tr MeanTeacherTrainer), or -m MODEL_DIR.")
+            members += [member_from_names(args.d, c, t, args.p, folds, args.stage, args.chk)
+                        for c in args.c for t in args.tr]
+        if not members:
+            raise PredictionError("No model given.", "arguments", "give -d/-c/-tr, -m MODEL_DIR or --spec FILE.")
+        done = predict(args.i, args.o, members, args.d, args.save_probabilities, not args.disable_tta, args.average,
+                       args.device, args.overwrite)
+    except (PredictionError, DatasetError) as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"Predicted {len(done)} case(s) into {args.o}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""semi_nnUNet_predict: in-memory fold ensembling, resume after a kill, bad input, nnU-Net compatibility."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from batchgenerators.utilities.file_and_folder_operations import join, load_json, save_json
+
+from semi_nnunet.dataset_conversion.synthetic import make_synthetic_dataset
+from semi_nnunet.inference.models import Member, PredictionError
+from semi_nnunet.inference.predict_api import fold_average, load_predictor, predict
+from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
+from semi_nnunet.run.predict_entrypoint import main as predict_main
+from semi_nnunet.run.train_api import train
+
+TRAINER = "nnUNetTrainer_2epochs_2it"
+
+
+@pytest.fixture(scope="module")
+def trained(module_paths):
+    """Folds 0 and 1 of a tiny 2D model and of a second trainer, plus 4 test images."""
+    os.environ["nnUNet_n_proc_DA"] = "0"
+    raw = make_synthetic_dataset(module_paths["nnUNet_raw"], 941, dim=2, num_labeled=6, num_unlabeled=2, num_test=4)
+    plan_and_preprocess(941, ["2d"], num_processes=1, show_progress=False)
+    train(941, "2d", TRAINER, [0, 1], device="cpu")
+    train(941, "2d", "MeanTeacherTrainer_2epochs_2it", [0], device="cpu")
+    model = join(module_paths["nnUNet_results"], "Dataset941_Synthetic2D", f"{TRAINER}__nnUNetPlans__2d")
+    return {**module_paths, "raw": raw, "model": model, "images": join(raw, "imagesTs")}
+
+
+def _npz(folder, case="test000"):
+    return np.load(join(folder, case + ".npz"))["probabilities"]
+
+
+def test_two_fold_ensemble_is_the_mean_of_the_single_fold_softmax(trained, tmp_path):
+    outs = {}
+    for name, folds in (("f0", [0]), ("f1", [1]), ("f01", [0, 1])):
+        outs[name] = str(tmp_path / name)
+        predict(trained["images"], outs[name], [Member(trained["model"], folds)], device="cpu",
+                save_probabilities=True, show_progress=False)
+    for case in ("test000", "test003"):
+        p0, p1, p01 = _npz(outs["f0"], case), _npz(outs["f1"], case), _npz(outs["f01"], case)
+        assert not np.allclose(p0, p1, atol=1e-3), "two different folds predict differently"
+        np.testing.assert_allclose(p01, (p0 + p1) / 2, atol=1e-5)
+    assert sorted(os.listdir(outs["f01"])) == sorted(
+        [f"test{i:03d}{e}" for i in range(4) for e in (".png", ".npz", ".pkl")] + ["ensemble.json"]), \
+        "one file set per case, nothing per fold, no staging left"
+
+    # the same in the network's space, straight from the predictor
+    predictor = load_predictor(Member(trained["model"], [0, 1]), torch.device("cpu"), use_mirroring=True)
+    data = torch.rand(1, 1, 48, 48)  # (channels, 1, x, y): nnU-Net's 2D layout
+    both = fold_average(predictor, data)
+    singles = []
+    for params in list(predictor.list_of_parameters):
+        predictor.network.load_state_dict(params)
+        singles.append(torch.softmax(predictor.predict_sliding_window_return_logits(data).float(), 0))
+    torch.testing.assert_close(both, (singles[0] + singles[1]) / 2, atol=1e-6, rtol=0)
+
+
+def test_logits_average_reproduces_stock_nnunet_predict(trained, tmp_path):
+    ours, stock = str(tmp_path / "ours"), str(tmp_path / "stock")
+    predict_main(["-i", trained["images"], "-o", ours, "-d", "941", "-c", "2d", "-tr", TRAINER, "-f", "0", "1",
+                  "--average", "logits", "-device", "cpu"])
+    from semi_nnunet.demo_api import predict_and_evaluate  # stock nnUNetPredictor.predict_from_files
+    predict_and_evaluate(trained["model"], trained["images"], join(trained["raw"], "labelsTs"), stock, "cpu", (0, 1))
+    from PIL import Image
+    for i in range(4):
+        a = np.asarray(Image.open(join(ours, f"test{i:03d}.png")))
+        b = np.asarray(Image.open(join(stock, f"test{i:03d}.png")))
+        assert np.array_equal(a, b)
+
+
+def test_trainers_ensemble_and_spec(trained, tmp_path):
+    out = str(tmp_path / "two_trainers")
+    spec = str(tmp_path / "spec.json")
+    save_json([{"dataset": 941, "configuration": "2d", "trainer": TRAINER, "folds": [0]},
+               {"model": trained["model"].replace(TRAINER, "MeanTeacherTrainer_2epochs_2it"), "folds": [0]}], spec)
+    predict_main(["-i", trained["images"], "-o", out, "--spec", spec, "-device", "cpu", "--save_probabilities"])
+    record = load_json(join(out, "ensemble.json"))
+    assert [m["folds"] for m in record["members"]] == [["0"], ["0"]]
+    single = str(tmp_path / "single")
+    predict(trained["images"], single, [Member(trained["model"], [0])], device="cpu", save_probabilities=True,
+            show_progress=False)
+    mt = str(tmp_path / "mt")
+    predict(trained["images"], mt, [Member(record["members"][1]["folder"], [0])], device="cpu",
+            save_probabilities=True, show_progress=False)
+    np.testing.assert_allclose(_npz(out), (_npz(single) + _npz(mt)) / 2, atol=1e-5)
+
+
+def test_rerun_skips_finished_cases_and_refuses_another_ensemble(trained, tmp_path):
+    out = str(tmp_path / "out")
+    assert len(predict(trained["images"], out, [Member(trained["model"], [0])], device="cpu",
+                       show_progress=False)) == 4
+    os.remove(join(out, "test002.png"))
+    assert predict(trained["images"], out, [Member(trained["model"], [0])], device="cpu", show_progress=False) \
+        == ["test002"]
+    with pytest.raises(PredictionError, match="another ensemble.*\n.*ensemble.json\n.*new output folder"):
+        predict(trained["images"], out, [Member(trained["model"], [0, 1])], device="cpu", show_progress=False)
+    assert len(predict(trained["images"], out, [Member(trained["model"], [0, 1])], device="cpu", overwrite=True,
+                       show_progress=False)) == 4
+
+
+KILL_SCRIPT = """
+import os, sys, time
+from semi_nnunet.inference import predict_api
+original = predict_api._export
+def slow_export(*args, **kwargs):
+    original(*args, **kwargs)
+    with open(os.path.join(sys.argv[2], "..", "exported.log"), "a") as f:
+        f.write(args[0] + "\\n")
+    time.sleep(3)
+predict_api._export = slow_export
+from semi_nnunet.inference.models import Member
+predict_api.predict(sys.argv[1], sys.argv[2], [Member(sys.argv[3], [0])], device="cpu", show_progress=False)
+"""
+
+
+def test_killed_prediction_resumes_without_redoing_finished_cases(trained, tmp_path):
+    script = tmp_path / "predict_slowly.py"
+    script.write_text(KILL_SCRIPT)
+    out = str(tmp_path / "out")
+    log = tmp_path / "exported.log"
+    proc = subprocess.Popen([sys.executable, str(script), trained["images"], out, trained["model"]],
+                            env=os.environ.copy())
+    deadline = time.time() + 120
+    while not (log.exists() and len(log.read_text().split()) >= 2) and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = sorted(f[:-4] for f in os.listdir(out) if f.endswith(".png"))
+    assert 2 <= len(finished) < 4, finished
+    assert all(f.startswith(".semi_nnunet_staging") or f.endswith((".png", ".json")) for f in os.listdir(out))
+    redone = predict(trained["images"], out, [Member(trained["model"], [0])], device="cpu", show_progress=False)
+    assert sorted(redone) == sorted(set(f"test{i:03d}" for i in range(4)) - set(finished))
+    reference = str(tmp_path / "reference")
+    predict(trained["images"], reference, [Member(trained["model"], [0])], device="cpu", show_progress=False)
+    from PIL import Image
+    for i in range(4):
+        assert np.array_equal(np.asarray(Image.open(join(out, f"test{i:03d}.png"))),
+                              np.asarray(Image.open(join(reference, f"test{i:03d}.png"))))
+    assert not os.path.exists(join(out, ".semi_nnunet_staging"))
+
+
+@pytest.fixture
+def bad_inputs(trained, tmp_path):
+    images = str(tmp_path / "images")
+    shutil.copytree(trained["images"], images)
+    return images
+
+
+def _run(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        predict_main(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_bad_input_errors(trained, bad_inputs, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    base = ["-i", bad_inputs, "-o", out, "-device", "cpu"]
+    model = ["-d", "941", "-c", "2d", "-tr", TRAINER]
+    empty_model = join(trained["nnUNet_results"], "Dataset941_Synthetic2D", "Empty__nnUNetPlans__2d")
+    shutil.copytree(trained["model"], empty_model, ignore=shutil.ignore_patterns("*.pth"))
+    cases = [
+        # (change to the inputs, argv, expected message pieces)
+        (lambda: os.remove(join(bad_inputs, "test001_0000.png")), base + model, None),  # removes a whole case: fine
+        (lambda: shutil.copy(join(bad_inputs, "test000_0000.png"), join(bad_inputs, "test000_0001.png")),
+         base + model, ["Case 'test000' has channel files", "test000_0001.png", "channel_names"]),
+        (lambda: shutil.copy(join(bad_inputs, "test000_0000.png"), join(bad_inputs, "extra.nii.gz")),
+         base + model, ["unexpected ending", "extra.nii.gz", "convert it to .png"]),
+        (None, base + ["-m", empty_model], ["No fold of this model has checkpoint_final.pth", "Empty__nnUNetPlans",
+                                             "--chk"]),
+        (None, base + model + ["-f", "3"], ["Fold 3 has no checkpoint_final.pth", "fold_3", "[0, 1]"]),
+        (None, base + ["-m", trained["model"], "-d", "Dataset999_Other"],
+         ["trained on Dataset941_Synthetic2D, not on Dataset999_Other", "-d Dataset941_Synthetic2D"]),
+        (None, base + ["-d", "941", "-c", "3d_fullres", "-tr", TRAINER],
+         ["model folder does not exist", "3d_fullres", "semi_nnUNet_train"]),
+        (None, base + ["-c", "2d", "-tr", TRAINER], ["-c and -tr name models only together with -d"]),
+    ]
+    for change, argv, expected in cases:
+        if change is not None:
+            change()
+        if expected is None:
+            continue
+        err = _run(argv, capsys)
+        for piece in expected:
+            assert piece in err, (piece, err)
+        assert not os.path.exists(out), "no output before the input is checked"
+        for f in os.listdir(bad_inputs):  # undo the change for the next case
+            if f not in {f"test{i:03d}_0000.png" for i in (0, 2, 3)}:
+                os.remove(join(bad_inputs, f))
+
+
+def test_missing_channel_of_a_two_channel_model(trained, tmp_path, capsys):
+    """A model trained on two channels given one channel file names the missing file."""
+    from semi_nnunet.inference.predict_api import input_cases
+    with pytest.raises(PredictionError, match=r"Case 'test000' has 1 channel file\(s\); the model needs 2(.|\n)*"
+                                              r"test000_0000.png(.|\n)*CASE_0001.png"):
+        input_cases(trained["images"], {"channel_names": {"0": "a", "1": "b"}, "file_ending": ".png"})
