@@ -23,13 +23,16 @@ TRAINER = "nnUNetTrainer_2epochs_2it"
 
 @pytest.fixture(scope="module")
 def trained(module_paths):
-    """Folds 0 and 1 of a tiny 2D model and of a second trainer, plus 4 test images."""
+    """Folds 0 and 1 of a tiny 2D model, a second model folder (another "trainer": fold 1's weights as its fold 0),
+    and 4 test images."""
     os.environ["nnUNet_n_proc_DA"] = "0"
     raw = make_synthetic_dataset(module_paths["nnUNet_raw"], 941, dim=2, num_labeled=6, num_unlabeled=2, num_test=4)
     plan_and_preprocess(941, ["2d"], num_processes=1, show_progress=False)
     train(941, "2d", TRAINER, [0, 1], device="cpu")
-    train(941, "2d", "MeanTeacherTrainer_2epochs_2it", [0], device="cpu")
     model = join(module_paths["nnUNet_results"], "Dataset941_Synthetic2D", f"{TRAINER}__nnUNetPlans__2d")
+    other = model.replace(TRAINER, "OtherTrainer")
+    shutil.copytree(model, other, ignore=shutil.ignore_patterns("fold_*"))
+    shutil.copytree(join(model, "fold_1"), join(other, "fold_0"))
     return {**module_paths, "raw": raw, "model": model, "images": join(raw, "imagesTs")}
 
 
@@ -79,17 +82,18 @@ def test_trainers_ensemble_and_spec(trained, tmp_path):
     out = str(tmp_path / "two_trainers")
     spec = str(tmp_path / "spec.json")
     save_json([{"dataset": 941, "configuration": "2d", "trainer": TRAINER, "folds": [0]},
-               {"model": trained["model"].replace(TRAINER, "MeanTeacherTrainer_2epochs_2it"), "folds": [0]}], spec)
+               {"model": trained["model"].replace(TRAINER, "OtherTrainer"), "folds": [0]}], spec)
     predict_main(["-i", trained["images"], "-o", out, "--spec", spec, "-device", "cpu", "--save_probabilities"])
     record = load_json(join(out, "ensemble.json"))
     assert [m["folds"] for m in record["members"]] == [["0"], ["0"]]
     single = str(tmp_path / "single")
     predict(trained["images"], single, [Member(trained["model"], [0])], device="cpu", save_probabilities=True,
             show_progress=False)
-    mt = str(tmp_path / "mt")
-    predict(trained["images"], mt, [Member(record["members"][1]["folder"], [0])], device="cpu",
+    other = str(tmp_path / "other")
+    predict(trained["images"], other, [Member(record["members"][1]["folder"], [0])], device="cpu",
             save_probabilities=True, show_progress=False)
-    np.testing.assert_allclose(_npz(out), (_npz(single) + _npz(mt)) / 2, atol=1e-5)
+    assert not np.allclose(_npz(single), _npz(other), atol=1e-3)
+    np.testing.assert_allclose(_npz(out), (_npz(single) + _npz(other)) / 2, atol=1e-5)
 
 
 def test_rerun_skips_finished_cases_and_refuses_another_ensemble(trained, tmp_path):
@@ -202,3 +206,21 @@ def test_missing_channel_of_a_two_channel_model(trained, tmp_path, capsys):
     with pytest.raises(PredictionError, match=r"Case 'test000' has 1 channel file\(s\); the model needs 2(.|\n)*"
                                               r"test000_0000.png(.|\n)*CASE_0001.png"):
         input_cases(trained["images"], {"channel_names": {"0": "a", "1": "b"}, "file_ending": ".png"})
+
+
+def test_members_with_different_plans_are_averaged_on_the_image_grid(trained, tmp_path):
+    """Members preprocessed differently (here: other plans) are averaged after resampling back to the image; with
+    the same weights in both members the ensemble equals the single model."""
+    copy = trained["model"].replace(TRAINER, "CopyTrainer")
+    shutil.copytree(trained["model"], copy, dirs_exist_ok=True)
+    plans = load_json(join(copy, "plans.json"))
+    save_json({**plans, "plans_name": "OtherPlans"}, join(copy, "plans.json"))
+    both, single = str(tmp_path / "both"), str(tmp_path / "single")
+    predict(trained["images"], both, [Member(trained["model"], [1]), Member(copy, [1])], device="cpu",
+            save_probabilities=True, show_progress=False)
+    predict(trained["images"], single, [Member(trained["model"], [1])], device="cpu", save_probabilities=True,
+            show_progress=False)
+    np.testing.assert_allclose(_npz(both), _npz(single), atol=1e-5)
+    from PIL import Image
+    assert np.array_equal(np.asarray(Image.open(join(both, "test000.png"))),
+                          np.asarray(Image.open(join(single, "test000.png"))))
