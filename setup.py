@@ -35,6 +35,8 @@ setup(
             "semi_nnUNet_convert_msd_hippocampus=semi_nnunet.run.conversion_entrypoints:convert_msd_hippocampus_entry",
             "semi_nnUNet_convert_2d=semi_nnunet.run.conversion_entrypoints:convert_2d_folder_entry",
             "semi_nnUNet_train=semi_nnunet.run.train_entrypoint:main",
+            "semi_nnUNet_predict=semi_nnunet.run.predict_entrypoint:main",
+            "semi_nnUNet_evaluate=semi_nnunet.run.evaluate_entrypoint:main",
             "semi_nnUNet_ext_path=semi_nnunet.run.train_entrypoint:ext_path_main",
             "semi_nnUNet_demo=semi_nnunet.run.demo_entrypoint:main",
         ],

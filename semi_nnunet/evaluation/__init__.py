@@ -1,0 +1,1 @@
+"""Evaluation on nnU-Net's metrics and MedPy surface distances (``semi_nnUNet_evaluate``)."""
