@@ -1,7 +1,9 @@
 """The contract every registered semi-supervised trainer keeps (new methods are covered the day they register).
 
 On a random batch: ``compute_losses`` gives finite supervised and unlabeled losses, the unlabeled loss sends a
-nonzero gradient to the student, and the teacher (if any) gets none.
+nonzero gradient to the student (and to the auxiliary modules a trainer lists in ``unlabeled_trained_auxiliary``),
+and the teacher and frozen modules (if any) get none. A trainer that needs large pretrained weights names a stand-in
+with the same losses in ``contract_test_variant`` (e.g. SynFoC: a random tiny SAM instead of MedSAM ViT-B).
 """
 import math
 
@@ -16,6 +18,10 @@ from semi_nnunet.trainers.base import SemiSupervisedTrainer
 
 METHOD_TRAINERS = sorted(name for name, cls in all_trainer_classes().items()
                          if issubclass(cls, SemiSupervisedTrainer) and cls is not SemiSupervisedTrainer)
+
+
+def contract_name(name: str) -> str:
+    return getattr(all_trainer_classes()[name], "contract_test_variant", None) or name
 
 
 def test_every_method_is_registered():
@@ -56,7 +62,7 @@ def random_batch(trainer, generator):
 @pytest.mark.parametrize("name", METHOD_TRAINERS)
 def test_trainer_contract(planned, name):
     plans, dataset_json = planned
-    cls = all_trainer_classes()[name]
+    cls = all_trainer_classes()[contract_name(name)]
     trainer = cls({**plans, "continue_training": False}, "2d", 0, dataset_json, torch.device("cpu"))
     trainer.initialize()
     trainer.global_step = trainer.num_epochs * trainer.num_iterations_per_epoch // 2  # mid-training weights
@@ -74,6 +80,11 @@ def test_trainer_contract(planned, name):
     if trainer.teacher is not None:
         assert all(p.grad is None for p in trainer.teacher.parameters()), "the teacher must get no gradient"
         assert all(not p.requires_grad for p in trainer.teacher.parameters())
+    for key in getattr(trainer, "unlabeled_trained_auxiliary", ()):
+        aux = [p.grad for p in trainer.auxiliary[key].parameters() if p.requires_grad and p.grad is not None]
+        assert aux and any(float(g.abs().sum()) > 0 for g in aux), f"the unlabeled loss must train {key}"
+    if trainer.auxiliary:
+        assert all(p.grad is None for p in trainer.auxiliary.parameters() if not p.requires_grad)
 
 
 @pytest.mark.parametrize("name", METHOD_TRAINERS)
@@ -83,7 +94,7 @@ def test_hco_update_step_for_every_method(planned, name):
     from semi_nnunet.run.train_api import find_trainer_class
     from semi_nnunet.optim.hco import _TwoGradientOptimizer
     plans, dataset_json = planned
-    cls = find_trainer_class(f"{name}_HCO")
+    cls = find_trainer_class(f"{contract_name(name)}_HCO")
     trainer = cls({**plans, "continue_training": False}, "2d", 0, dataset_json, torch.device("cpu"))
     trainer.initialize()
     assert isinstance(trainer.optimizer, _TwoGradientOptimizer)

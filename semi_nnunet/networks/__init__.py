@@ -1,0 +1,1 @@
+"""Networks besides nnU-Net's planned U-Net (foundation models used by some methods)."""
