@@ -27,7 +27,7 @@ from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, 
 from tqdm import tqdm
 
 from semi_nnunet.inference.models import Member, PredictionError, check_members
-from semi_nnunet.utilities.file_ops import save_json_atomic
+from semi_nnunet.utilities.file_ops import copy_atomic, save_json_atomic
 from semi_nnunet.utilities.raw_dataset import list_cases, read_header_check
 
 AVERAGES = ("probabilities", "logits")
@@ -158,6 +158,8 @@ def predict(input_folder: str, output_folder: str, members: Sequence[Member], da
     todo = [c for c in sorted(cases) if overwrite or not finished(c)]
     os.makedirs(output_folder, exist_ok=True)
     save_json_atomic(record, join(output_folder, RECORD))
+    for name in ("dataset.json", "plans.json"):  # as nnUNetv2_predict does: nnUNetv2_ensemble reads them
+        copy_atomic(join(members[0].folder, name), join(output_folder, name))
     if not todo:
         return []
 

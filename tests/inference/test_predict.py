@@ -18,21 +18,20 @@ from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
 from semi_nnunet.run.predict_entrypoint import main as predict_main
 from semi_nnunet.run.train_api import train
 
-TRAINER = "nnUNetTrainer_2epochs_2it"
+TRAINER = "MeanTeacherTrainer_2epochs_2it"  # a semi-supervised trainer's results folder
 
 
 @pytest.fixture(scope="module")
 def trained(module_paths):
-    """Folds 0 and 1 of a tiny 2D model, a second model folder (another "trainer": fold 1's weights as its fold 0),
-    and 4 test images."""
+    """Folds 0 and 1 of a tiny 2D model (validation probabilities saved), a copy of its results folder as a second
+    "trainer" (ensembles below pair fold 0 of one with fold 1 of the other, so the members differ), 4 test images."""
     os.environ["nnUNet_n_proc_DA"] = "0"
     raw = make_synthetic_dataset(module_paths["nnUNet_raw"], 941, dim=2, num_labeled=6, num_unlabeled=2, num_test=4)
     plan_and_preprocess(941, ["2d"], num_processes=1, show_progress=False)
-    train(941, "2d", TRAINER, [0, 1], device="cpu")
+    train(941, "2d", TRAINER, [0, 1], device="cpu", export_validation_probabilities=True)
     model = join(module_paths["nnUNet_results"], "Dataset941_Synthetic2D", f"{TRAINER}__nnUNetPlans__2d")
     other = model.replace(TRAINER, "OtherTrainer")
-    shutil.copytree(model, other, ignore=shutil.ignore_patterns("fold_*"))
-    shutil.copytree(join(model, "fold_1"), join(other, "fold_0"))
+    shutil.copytree(model, other)
     return {**module_paths, "raw": raw, "model": model, "images": join(raw, "imagesTs")}
 
 
@@ -51,7 +50,7 @@ def test_two_fold_ensemble_is_the_mean_of_the_single_fold_softmax(trained, tmp_p
         assert not np.allclose(p0, p1, atol=1e-3), "two different folds predict differently"
         np.testing.assert_allclose(p01, (p0 + p1) / 2, atol=1e-5)
     assert sorted(os.listdir(outs["f01"])) == sorted(
-        [f"test{i:03d}{e}" for i in range(4) for e in (".png", ".npz", ".pkl")] + ["ensemble.json"]), \
+        [f"test{i:03d}{e}" for i in range(4) for e in (".png", ".npz", ".pkl")] + ["dataset.json", "ensemble.json", "plans.json"]), \
         "one file set per case, nothing per fold, no staging left"
 
     # the same in the network's space, straight from the predictor
@@ -82,15 +81,15 @@ def test_trainers_ensemble_and_spec(trained, tmp_path):
     out = str(tmp_path / "two_trainers")
     spec = str(tmp_path / "spec.json")
     save_json([{"dataset": 941, "configuration": "2d", "trainer": TRAINER, "folds": [0]},
-               {"model": trained["model"].replace(TRAINER, "OtherTrainer"), "folds": [0]}], spec)
+               {"model": trained["model"].replace(TRAINER, "OtherTrainer"), "folds": [1]}], spec)
     predict_main(["-i", trained["images"], "-o", out, "--spec", spec, "-device", "cpu", "--save_probabilities"])
     record = load_json(join(out, "ensemble.json"))
-    assert [m["folds"] for m in record["members"]] == [["0"], ["0"]]
+    assert [m["folds"] for m in record["members"]] == [["0"], ["1"]]
     single = str(tmp_path / "single")
     predict(trained["images"], single, [Member(trained["model"], [0])], device="cpu", save_probabilities=True,
             show_progress=False)
     other = str(tmp_path / "other")
-    predict(trained["images"], other, [Member(record["members"][1]["folder"], [0])], device="cpu",
+    predict(trained["images"], other, [Member(record["members"][1]["folder"], [1])], device="cpu",
             save_probabilities=True, show_progress=False)
     assert not np.allclose(_npz(single), _npz(other), atol=1e-3)
     np.testing.assert_allclose(_npz(out), (_npz(single) + _npz(other)) / 2, atol=1e-5)
@@ -139,6 +138,7 @@ def test_killed_prediction_resumes_without_redoing_finished_cases(trained, tmp_p
     finished = sorted(f[:-4] for f in os.listdir(out) if f.endswith(".png"))
     assert 2 <= len(finished) < 4, finished
     assert all(f.startswith(".semi_nnunet_staging") or f.endswith((".png", ".json")) for f in os.listdir(out))
+    assert not any(f.startswith(".tmp") for f in os.listdir(out)), "no half-written file"
     redone = predict(trained["images"], out, [Member(trained["model"], [0])], device="cpu", show_progress=False)
     assert sorted(redone) == sorted(set(f"test{i:03d}" for i in range(4)) - set(finished))
     reference = str(tmp_path / "reference")
@@ -224,3 +224,39 @@ def test_members_with_different_plans_are_averaged_on_the_image_grid(trained, tm
     from PIL import Image
     assert np.array_equal(np.asarray(Image.open(join(both, "test000.png"))),
                           np.asarray(Image.open(join(single, "test000.png"))))
+
+
+def test_nnunet_tools_work_on_our_results_folders(trained, tmp_path):
+    """nnUNetv2_find_best_configuration, nnUNetv2_ensemble and nnUNetv2_apply_postprocessing on our folders; the
+    file-based nnUNetv2_ensemble of two of our single-model predictions equals our in-memory ensemble."""
+    from semi_nnunet.run.train_api import ext_trainer_path
+    env = {**os.environ, "nnUNet_extTrainer": ext_trainer_path()}
+
+    def run(*args):
+        r = subprocess.run([shutil.which(args[0]), *args[1:]], env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        return r.stdout
+
+    out = run("nnUNetv2_find_best_configuration", "941", "-c", "2d", "-tr", TRAINER, "OtherTrainer", "-f", "0", "1",
+              "-np", "1")
+    assert "*Best*" in out
+    dataset_results = join(trained["nnUNet_results"], "Dataset941_Synthetic2D")
+    assert os.path.isfile(join(dataset_results, "inference_information.json"))
+
+    a, b, ours, theirs = (str(tmp_path / n) for n in ("a", "b", "ours", "theirs"))
+    other = trained["model"].replace(TRAINER, "OtherTrainer")
+    for folder, member in ((a, Member(trained["model"], [0])), (b, Member(other, [1]))):
+        predict(trained["images"], folder, [member], device="cpu", save_probabilities=True, show_progress=False)
+    predict(trained["images"], ours, [Member(trained["model"], [0]), Member(other, [1])], device="cpu",
+            show_progress=False)
+    run("nnUNetv2_ensemble", "-i", a, b, "-o", theirs, "-np", "1")
+    from PIL import Image
+    for i in range(4):
+        assert np.array_equal(np.asarray(Image.open(join(ours, f"test{i:03d}.png"))),
+                              np.asarray(Image.open(join(theirs, f"test{i:03d}.png"))))
+
+    pp = join(trained["model"], "crossval_results_folds_0_1")
+    run("nnUNetv2_apply_postprocessing", "-i", ours, "-o", str(tmp_path / "pp"), "-pp_pkl_file",
+        join(pp, "postprocessing.pkl"), "-plans_json", join(pp, "plans.json"), "-np", "1")
+    assert sorted(f for f in os.listdir(tmp_path / "pp") if f.endswith(".png")) == \
+        [f"test{i:03d}.png" for i in range(4)]
