@@ -3,7 +3,8 @@ nnU-Net's size), median of 6 steps. This isolates the element-wise work HCO adds
 
     python benchmarks/optimizer_step.py
 """
-import time, torch
+import time
+import torch
 from semi_nnunet.optim import HierarchicalCautiousAdamW, HierarchicalCautiousSGD
 torch.manual_seed(0)
 shapes = [(512,512,3,3)]*8 + [(256,256,3,3)]*8 + [(64,)]*40

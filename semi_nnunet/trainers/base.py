@@ -181,6 +181,11 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
             ignore_label=self.label_manager.ignore_label)
         return transforms, initial_patch_size, dummy_2d
 
+    def strong_transforms(self):
+        """The strong view's transform (intensity only, applied on top of the weak view); None: the default
+        ``strong_intensity_transforms``. Methods with their own strong augmentation override this one hook."""
+        return None
+
     def background_loader(self, loader):
         """Half of nnU-Net's augmentation workers for the second loader (none with nnUNet_n_proc_DA=0)."""
         n = get_allowed_n_proc_DA()
@@ -192,7 +197,8 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
     def get_unlabeled_dataloader(self):
         ids = self.check_unlabeled_data()
         weak, initial_patch_size, dummy_2d = self.second_loader_transforms()
-        views = WeakStrongViews(self.num_strong_views, ignore_axes=(0,) if dummy_2d else None)
+        views = WeakStrongViews(self.num_strong_views, strong=self.strong_transforms(),
+                                ignore_axes=(0,) if dummy_2d else None)
         return self.background_loader(nnUNetDataLoader(
             UnlabeledDataset(self.unlabeled_folder, ids), self.unlabeled_batch_size or self.batch_size,
             initial_patch_size, self.configuration_manager.patch_size, self.label_manager,

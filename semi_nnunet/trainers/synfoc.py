@@ -42,7 +42,6 @@ from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrig
 from batchgeneratorsv2.transforms.intensity.contrast import ContrastTransform
 from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransform
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
-from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 
 from semi_nnunet.networks.sam import (SAM_CONFIGS, SAMCheckpointError, build_sam_student, ema_update_trainable_,
                                       frozen_encoder_names, make_sam_teacher, resolve_checkpoint, to_sam_input)
@@ -53,9 +52,8 @@ from semi_nnunet.trainers.ema import ema_decay
 from semi_nnunet.trainers.optimizers import build_optimizer
 from semi_nnunet.trainers.synfoc_losses import (cdcr, confident_labels, cutmix_boxes, fuse, masked_ce, resize_labels,
                                                 resize_probs, smc_weight, soft_dice_loss)
-from semi_nnunet.trainers.unlabeled_data import UnlabeledDataset
 from semi_nnunet.trainers.variants import nnUNetTrainer_2epochs_2it, nnUNetTrainer_demo
-from semi_nnunet.trainers.views import WeakStrongViews, cutmix
+from semi_nnunet.trainers.views import cutmix
 
 
 class SynFoCSetupError(TrainingError):
@@ -157,16 +155,9 @@ class SynFoCTrainer(SemiSupervisedTrainer):
         optimizer = grouped_optimizer([unet, sam])
         return optimizer, GroupedPolyLR(optimizer, self.initial_lr, self.num_epochs)
 
-    def get_unlabeled_dataloader(self):
-        """The base's loader with SynFoC's strong view (brightness, contrast, blur) instead of the default one."""
-        ids = self.check_unlabeled_data()
-        weak, initial_patch_size, _ = self.second_loader_transforms()
-        views = WeakStrongViews(self.num_strong_views,
-                                strong=synfoc_strong_transforms(self.strong_multiplier, self.strong_blur_sigma))
-        return self.background_loader(nnUNetDataLoader(
-            UnlabeledDataset(self.unlabeled_folder, ids), self.unlabeled_batch_size or self.batch_size,
-            initial_patch_size, self.configuration_manager.patch_size, self.label_manager,
-            oversample_foreground_percent=0.0, transforms=ComposeTransforms([weak, views])))
+    def strong_transforms(self):
+        """SynFoC's strong view (brightness, contrast, blur) instead of the base's default one."""
+        return synfoc_strong_transforms(self.strong_multiplier, self.strong_blur_sigma)
 
     # ------------------------------------------------------------------ losses
     def sam_input(self, x: torch.Tensor, reference: Optional[torch.Tensor] = None) -> torch.Tensor:
