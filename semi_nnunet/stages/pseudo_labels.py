@@ -6,6 +6,11 @@ preprocessed space, ready for the next stage's loader: ``<case>.b2nd`` (the imag
 pseudo-label), ``<case>.pkl`` (properties with nnU-Net's foreground locations of the pseudo-label). Each case is
 written into a staging folder and renamed into place; ``provenance.json`` (stage, fold, model, checkpoint, date) is
 written last and marks the folder complete, so an interrupted run resumes where it stopped.
+
+The engine is ``semi_nnunet.inference.predict_api`` (the one behind ``semi_nnUNet_predict``): the folds' softmax
+outputs are averaged in memory. With ``save_maps`` the ensemble's confidence (max probability) and entropy (nats) are
+saved next to each pseudo-label as ``<case>_confidence.npy`` / ``<case>_entropy.npy`` (float16, preprocessed space;
+nnU-Net's loaders list cases by ``.b2nd`` and ignore them).
 """
 import datetime
 import os
@@ -32,21 +37,19 @@ def is_complete(folder: str, expected_cases: Sequence[str]) -> bool:
 def predict_pseudo_labels(model_folder: str, folds: Sequence[Union[int, str]], unlabeled_folder: str,
                           output_folder: str, provenance: dict, checkpoint_name: str = "checkpoint_final.pth",
                           device: str = "cpu", use_mirroring: bool = False,
-                          cases: Optional[List[str]] = None) -> str:
+                          cases: Optional[List[str]] = None, save_maps: bool = False) -> str:
     """Predict hard pseudo-labels for the cases of ``unlabeled_folder`` with the ensemble of ``folds`` of
-    ``model_folder`` (logits averaged, as nnU-Net does) into ``output_folder``. Returns ``output_folder``."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    ``model_folder`` (softmax outputs averaged) into ``output_folder``. Returns ``output_folder``."""
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
 
-    from semi_nnunet.run.train_api import register_with_nnunet
+    from semi_nnunet.inference.models import Member
+    from semi_nnunet.inference.predict_api import fold_average, load_predictor
     cases = sorted(cases if cases is not None else unlabeled_identifiers(unlabeled_folder))
     if is_complete(output_folder, cases):
         return output_folder
-    register_with_nnunet()
-    predictor = nnUNetPredictor(use_mirroring=use_mirroring, perform_everything_on_device=device != "cpu",
-                                device=torch.device(device), allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(model_folder, tuple(folds), checkpoint_name)
+    predictor = load_predictor(Member(model_folder, list(folds), checkpoint_name), torch.device(device),
+                               use_mirroring)
     label_manager = predictor.label_manager
     collect = label_manager.foreground_regions if label_manager.has_regions else label_manager.foreground_labels
     patch = tuple(predictor.configuration_manager.patch_size)
@@ -61,19 +64,35 @@ def predict_pseudo_labels(model_folder: str, folds: Sequence[Union[int, str]], u
             continue
         data, _, _, properties = dataset.load_case(case)
         data = np.asarray(data[:], dtype=np.float32)
-        logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data))
-        seg = np.asarray(label_manager.convert_logits_to_segmentation(logits))[None]
+        probabilities = fold_average(predictor, torch.from_numpy(data))
+        seg = np.asarray(label_manager.convert_probabilities_to_segmentation(probabilities))[None]
         seg = seg.astype(np.int16 if seg.max() > 127 else np.int8)
         properties = {**properties, "class_locations": DefaultPreprocessor._sample_foreground_locations(seg, collect)}
         blocks, chunks = comp_blosc2_params(data.shape, patch, data.itemsize)
         blocks_seg, chunks_seg = comp_blosc2_params(seg.shape, patch, seg.itemsize)
         nnUNetDatasetBlosc2.save_case(data, seg, properties, join(staging, case), chunks=chunks, blocks=blocks,
                                       chunks_seg=chunks_seg, blocks_seg=blocks_seg)
-        for suffix in ("_seg.b2nd", ".pkl", ".b2nd"):  # the data file last: loaders list cases by it
+        if save_maps:
+            confidence, entropy = confidence_and_entropy(probabilities, label_manager.has_regions)
+            np.save(join(staging, case + "_confidence.npy"), confidence.numpy().astype(np.float16))
+            np.save(join(staging, case + "_entropy.npy"), entropy.numpy().astype(np.float16))
+        for suffix in ("_confidence.npy", "_entropy.npy", "_seg.b2nd", ".pkl", ".b2nd")[0 if save_maps else 2:]:
+            # the data file last: loaders list cases by it
             os.replace(join(staging, case + suffix), join(output_folder, case + suffix))
     shutil.rmtree(staging, ignore_errors=True)
     save_json_atomic({**provenance, "model_folder": model_folder, "folds": [str(f) for f in folds],
-                      "checkpoint": checkpoint_name, "mirroring": use_mirroring,
+                      "checkpoint": checkpoint_name, "mirroring": use_mirroring, "average": "probabilities",
+                      "maps": save_maps,
                       "date": datetime.datetime.now().isoformat(timespec="seconds"), "cases": cases},
                      join(output_folder, PROVENANCE))
     return output_folder
+
+
+def confidence_and_entropy(probabilities: torch.Tensor, regions: bool = False):
+    """Per-voxel confidence (max probability) and entropy in nats of class probabilities (C, *spatial); for
+    regions (independent sigmoids) the mean over regions of each region's binary confidence and entropy."""
+    p = probabilities.float().clamp_min(1e-12)
+    if regions:
+        q = (1 - p).clamp_min(1e-12)
+        return torch.maximum(p, q).mean(0), -(p * p.log() + q * q.log()).mean(0)
+    return p.max(0).values, -(p * p.log()).sum(0)

@@ -78,6 +78,7 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
     # staged pseudo-labelling (semi_nnunet.stages): stages after this trainer, and the class that trains them
     num_stages: int = 0
     stage_trainer: Optional[type] = None
+    pseudo_label_maps: bool = False  # also save the ensemble's confidence/entropy maps beside each pseudo-label
 
     base_log_keys = ("sup_loss", "unsup_loss", "unsup_weight", "unsup_sup_ratio")
 

@@ -260,3 +260,28 @@ def test_nnunet_tools_work_on_our_results_folders(trained, tmp_path):
         join(pp, "postprocessing.pkl"), "-plans_json", join(pp, "plans.json"), "-np", "1")
     assert sorted(f for f in os.listdir(tmp_path / "pp") if f.endswith(".png")) == \
         [f"test{i:03d}.png" for i in range(4)]
+
+
+def test_pseudo_labels_use_the_same_engine_and_save_confidence_and_entropy(trained, tmp_path):
+    from semi_nnunet.planners.plan_and_preprocess_api import get_unlabeled_folder
+    from semi_nnunet.stages.pseudo_labels import confidence_and_entropy, predict_pseudo_labels
+    from semi_nnunet.trainers.unlabeled_data import UnlabeledDataset
+
+    # by hand: p = (0.5, 0.5) -> confidence 0.5, entropy ln 2; p = (1, 0) -> 1 and 0
+    conf, ent = confidence_and_entropy(torch.tensor([[0.5, 1.0], [0.5, 0.0]]))
+    torch.testing.assert_close(conf, torch.tensor([0.5, 1.0]))
+    torch.testing.assert_close(ent, torch.tensor([float(np.log(2)), 0.0]), atol=1e-6, rtol=0)
+
+    unlabeled = get_unlabeled_folder("Dataset941_Synthetic2D", "nnUNetPlans", "2d")
+    out = str(tmp_path / "pseudo")
+    predict_pseudo_labels(trained["model"], [0, 1], unlabeled, out, {"stage": 1}, save_maps=True)
+    case = sorted(f[:-len("_confidence.npy")] for f in os.listdir(out) if f.endswith("_confidence.npy"))[0]
+    predictor = load_predictor(Member(trained["model"], [0, 1]), torch.device("cpu"), use_mirroring=False)
+    data = torch.from_numpy(np.asarray(UnlabeledDataset(unlabeled, [case]).load_case(case)[0][:], np.float32))
+    probabilities = fold_average(predictor, data)
+    np.testing.assert_allclose(np.load(join(out, case + "_confidence.npy")), probabilities.max(0).values.numpy(),
+                               atol=2e-3)  # float16 on disk
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+    seg = np.asarray(nnUNetDatasetBlosc2(out, [case]).load_case(case)[1][:])
+    assert np.array_equal(seg[0], probabilities.argmax(0).numpy())
+    assert load_json(join(out, "provenance.json"))["maps"] is True
