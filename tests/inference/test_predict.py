@@ -255,6 +255,20 @@ def test_nnunet_tools_work_on_our_results_folders(trained, tmp_path):
         assert np.array_equal(np.asarray(Image.open(join(ours, f"test{i:03d}.png"))),
                               np.asarray(Image.open(join(theirs, f"test{i:03d}.png"))))
 
+    # export as nnU-Net's zip, install elsewhere, predict from the installed copy: same labels
+    archive = str(tmp_path / "model.zip")
+    run("nnUNetv2_export_model_to_zip", "-d", "941", "-o", archive, "-c", "2d", "-tr", TRAINER, "-f", "0", "1")
+    installed_results = str(tmp_path / "installed_results")
+    os.makedirs(installed_results)
+    env["nnUNet_results"] = installed_results
+    run("nnUNetv2_install_pretrained_model_from_zip", archive)
+    installed = join(installed_results, "Dataset941_Synthetic2D", f"{TRAINER}__nnUNetPlans__2d")
+    from_zip = str(tmp_path / "from_zip")
+    predict(trained["images"], from_zip, [Member(installed, [0])], device="cpu", show_progress=False)
+    for i in range(4):
+        assert np.array_equal(np.asarray(Image.open(join(from_zip, f"test{i:03d}.png"))),
+                              np.asarray(Image.open(join(a, f"test{i:03d}.png"))))
+
     pp = join(trained["model"], "crossval_results_folds_0_1")
     run("nnUNetv2_apply_postprocessing", "-i", ours, "-o", str(tmp_path / "pp"), "-pp_pkl_file",
         join(pp, "postprocessing.pkl"), "-plans_json", join(pp, "plans.json"), "-np", "1")
