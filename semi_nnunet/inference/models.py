@@ -101,7 +101,8 @@ def check_member(member: Member) -> Member:
     for name in ("plans.json", "dataset.json"):
         if not isfile(join(folder, name)):
             raise PredictionError(f"The model folder lacks {name}; it is not an nnU-Net results folder.",
-                                  join(folder, name), "point to <nnUNet_results>/<Dataset>/<Trainer>__<Plans>__<Config>.")
+                                  join(folder, name),
+                                  "point to <nnUNet_results>/<Dataset>/<Trainer>__<Plans>__<Config>.")
     available = available_folds(folder, member.checkpoint)
     folds = member.folds or available
     if not folds:

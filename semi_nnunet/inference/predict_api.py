@@ -13,6 +13,9 @@ resampling back to the image. Nothing per fold is written.
 Results are written atomically (staging folder + rename, the segmentation last), a rerun skips finished cases, and
 ``ensemble.json`` records what produced the folder: a rerun with other models into a used folder is refused instead
 of mixing two ensembles (``overwrite=True`` redoes it).
+
+Members with a classification head (trainers with ``classify``, e.g. Hermes) also give image classes: averaged over
+their folds and members into ``classes.csv`` (semi_nnunet.inference.classification).
 """
 import hashlib
 import json
@@ -26,6 +29,7 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, save_pickle
 from tqdm import tqdm
 
+from semi_nnunet.inference.classification import class_names, classify, load_classifiers, write_classes_csv
 from semi_nnunet.inference.models import Member, PredictionError, check_members
 from semi_nnunet.utilities.file_ops import copy_atomic, save_json_atomic
 from semi_nnunet.utilities.raw_dataset import list_cases, read_header_check
@@ -33,6 +37,7 @@ from semi_nnunet.utilities.raw_dataset import list_cases, read_header_check
 AVERAGES = ("probabilities", "logits")
 STAGING = ".semi_nnunet_staging"
 RECORD = "ensemble.json"
+CLASSES_FOLDER = ".semi_nnunet_classes"  # per-case class probabilities (classes.csv is rebuilt from them)
 
 
 def load_predictor(member: Member, device: torch.device, use_mirroring: bool = True):
@@ -152,9 +157,15 @@ def predict(input_folder: str, output_folder: str, members: Sequence[Member], da
     record = _record(members, average, use_mirroring)
     _check_output_folder(output_folder, record, overwrite)
 
+    torch_device = torch.device(device)
+    classifiers = [(m, load_classifiers(m, torch_device)) for m in members]
+    classifiers = [(m, t) for m, t in classifiers if t]
+    classes_folder = join(output_folder, CLASSES_FOLDER)
+
     def finished(case: str) -> bool:
         return isfile(join(output_folder, case + ending)) and (
-            not save_probabilities or isfile(join(output_folder, case + ".npz")))
+            not save_probabilities or isfile(join(output_folder, case + ".npz"))) and (
+            not classifiers or isfile(join(classes_folder, case + ".json")))
     todo = [c for c in sorted(cases) if overwrite or not finished(c)]
     os.makedirs(output_folder, exist_ok=True)
     save_json_atomic(record, join(output_folder, RECORD))
@@ -163,8 +174,8 @@ def predict(input_folder: str, output_folder: str, members: Sequence[Member], da
     if not todo:
         return []
 
-    torch_device = torch.device(device)
     groups: Dict[str, _Group] = {}
+    member_group = {}
     for m in members:
         predictor = load_predictor(m, torch_device, use_mirroring)
         key = _group_key(predictor)
@@ -172,6 +183,7 @@ def predict(input_folder: str, output_folder: str, members: Sequence[Member], da
             groups[key].predictors.append(predictor)
         else:
             groups[key] = _Group(predictor)
+        member_group[id(m)] = list(groups).index(key)
     staging = join(output_folder, STAGING)
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
@@ -188,6 +200,9 @@ def predict(input_folder: str, output_folder: str, members: Sequence[Member], da
             if i + 1 < len(todo):
                 next_input = reader.submit(preprocess, todo[i + 1])
             outputs = [g.predict(data, average) for g, (data, _) in zip(groups.values(), inputs)]
+            if classifiers:
+                probs = torch.stack([classify(t, inputs[member_group[id(m)]][0]) for m, t in classifiers]).mean(0)
+                save_json_atomic({"probabilities": [float(v) for v in probs]}, join(classes_folder, case + ".json"))
             properties = [props for _, props in inputs]
             writing.append(writer.submit(_export, case, list(groups.values()), outputs, properties, weights,
                                          average, save_probabilities, staging, output_folder, ending))
@@ -196,6 +211,9 @@ def predict(input_folder: str, output_folder: str, members: Sequence[Member], da
         for f in writing:
             f.result()
     shutil.rmtree(staging, ignore_errors=True)
+    if classifiers:
+        rows = {c: load_json(join(classes_folder, c + ".json"))["probabilities"] for c in sorted(cases)}
+        write_classes_csv(output_folder, rows, class_names(classifiers[0][1][0]))
     return todo
 
 

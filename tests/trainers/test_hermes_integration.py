@@ -97,3 +97,34 @@ def test_2d_with_classes_train_resume_predict_classify(nnunet_paths, monkeypatch
         probs = predictor.classify(data)
         assert probs.shape == (2,) and abs(float(probs.sum()) - 1) < 1e-5
         assert torch.equal(predictor.classify(data), probs)  # eval mode: deterministic
+
+    # semi_nnUNet_predict writes classes.csv (the classifier's probabilities) and semi_nnUNet_evaluate scores it
+    import csv
+
+    from semi_nnunet.evaluation.evaluate_api import evaluate
+    from semi_nnunet.inference.models import Member
+    from semi_nnunet.inference.predict_api import predict
+    resumed["trainer_name"] = TRAINER  # the test-local 3-epoch class is unknown outside this file; same network
+    torch.save(resumed, final)
+    ours = join(nnunet_paths["nnUNet_results"], "pred_ours")
+    predict(join(raw, "imagesTs"), ours, [Member(model, [0])], device="cpu", use_mirroring=False,
+            show_progress=False)
+    with open(join(ours, "classes.csv")) as f:
+        rows = {r["case"]: r for r in csv.DictReader(f)}
+    truth = {}
+    for case in ("test000", "test001"):
+        data, _, _ = DefaultPreprocessor(verbose=False).run_case(
+            [join(raw, "imagesTs", f"{case}_0000.png")], None, plans_manager,
+            plans_manager.get_configuration("2d"), dataset_json)
+        probs = predictor.classify(data)
+        assert [float(rows[case]["p_small"]), float(rows[case]["p_large"])] == \
+            [round(float(p), 6) for p in probs]
+        assert int(rows[case]["predicted_class"]) == int(probs.argmax())
+        label = np.asarray(Image.open(join(raw, "labelsTs", f"{case}.png")))
+        truth[case] = int((label > 0).mean() > 0.1)  # the synthetic dataset's rule for "large"
+    ref_classes = join(nnunet_paths["nnUNet_results"], "test_classes.csv")
+    with open(ref_classes, "w") as f:
+        f.write("case,class\n" + "".join(f"{c},{k}\n" for c, k in truth.items()))
+    summary = evaluate(join(raw, "labelsTs"), ours, num_processes=1, ref_classes=ref_classes)
+    expected = np.mean([int(rows[c]["predicted_class"]) == truth[c] for c in truth])
+    assert summary["classification"]["accuracy"] == expected and summary["classification"]["n"] == 2
