@@ -16,8 +16,16 @@ from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
 from semi_nnunet.trainers import all_trainer_classes
 from semi_nnunet.trainers.base import SemiSupervisedTrainer
 
+
+
+def _schedule_only(cls: type) -> bool:
+    """A variant that only shortens or lengthens the schedule computes its parent's losses: its parent covers it."""
+    return {k for k in vars(cls) if not k.startswith("__")} == {"schedule"}
+
+
 METHOD_TRAINERS = sorted(name for name, cls in all_trainer_classes().items()
-                         if issubclass(cls, SemiSupervisedTrainer) and cls is not SemiSupervisedTrainer)
+                         if issubclass(cls, SemiSupervisedTrainer) and cls is not SemiSupervisedTrainer
+                         and not _schedule_only(cls))
 
 
 def contract_name(name: str) -> str:
