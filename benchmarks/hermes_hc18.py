@@ -1,4 +1,4 @@
-"""Hermes on HC18: supervised nnU-Net vs HermesTrainer segmentation-only vs HermesTrainer with (proxy) image classes,
+"""Hermes on HC18: supervised nnU-Net vs Mean Teacher vs HermesTrainer segmentation-only vs HermesTrainer with (proxy) image classes,
 same iteration budget.
 
     python benchmarks/hermes_hc18.py --hc18 ../shared/data/HC18/training_set
@@ -7,7 +7,7 @@ HC18 has no image-level classes, so Hermes runs segmentation-only on it (dual th
 the classification branch as well, a second copy of the same split gets a proxy class per labeled and test image:
 1 ("large") when the head covers more of the image than the labeled images' median, else 0 ("small"); unlabeled
 images get none (Hermes never reads an unlabeled image's class). Every trainer gets the demo's schedule (8 epochs x
-20 iterations: ``nnUNetTrainer_demo``, ``HermesTrainer_demo``), fold ``all``; test images are predicted with nnU-Net's
+20 iterations: ``nnUNetTrainer_demo``, ``MeanTeacherTrainer_demo``, ``HermesTrainer_demo``), fold ``all``; test images are predicted with nnU-Net's
 predictor and scored with nnU-Net's evaluation (foreground Dice); the classifier's test accuracy comes from
 ``HermesTrainer.classify`` on nnU-Net-preprocessed test images.
 """
@@ -90,7 +90,8 @@ def main() -> None:
     for dataset_id in raws:
         plan_and_preprocess(dataset_id, ["2d"], num_processes=2, show_progress=False)
 
-    runs = (("nnUNetTrainer_demo", 812, "supervised"), ("HermesTrainer_demo", 812, "Hermes, segmentation-only"),
+    runs = (("nnUNetTrainer_demo", 812, "supervised"), ("MeanTeacherTrainer_demo", 812, "Mean Teacher"),
+            ("HermesTrainer_demo", 812, "Hermes, segmentation-only"),
             ("HermesTrainer_demo", 813, "Hermes, proxy classes"))
     rows = []
     for trainer, dataset_id, label in runs:
