@@ -49,7 +49,10 @@ def main() -> None:
     from semi_nnunet.run.train_api import ext_trainer_path, train
 
     paths = set_nnunet_paths(workdir)
-    if args.hc18:
+    existing = [d for d in os.listdir(paths["nnUNet_raw"]) if d.startswith(("Dataset812_", "Dataset990_"))]
+    if existing:  # a rerun on the same --workdir reuses the data and the trained folds
+        dataset_id, raw = int(existing[0][7:10]), join(paths["nnUNet_raw"], existing[0])
+    elif args.hc18:
         from semi_nnunet.dataset_conversion.hc18 import convert_hc18
         dataset_id = 812
         raw = convert_hc18(args.hc18, dataset_id, 20, 0, args.num_test, seed=0, max_size=160,
@@ -59,7 +62,11 @@ def main() -> None:
         dataset_id = 990
         raw = convert_demo_data(paths["nnUNet_raw"], dataset_id)
     plan_and_preprocess(dataset_id, ["2d"], num_processes=2, show_progress=False)
-    train(dataset_id, "2d", args.trainer, [0, 1, 2, 3, 4], device=args.device)
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+    model = get_output_folder(dataset_id, args.trainer, "nnUNetPlans", "2d")
+    todo = [f for f in range(5) if not os.path.isfile(join(model, f"fold_{f}", "checkpoint_final.pth"))]
+    if todo:
+        train(dataset_id, "2d", args.trainer, todo, device=args.device)
     images = join(raw, "imagesTs")
     n = len([f for f in os.listdir(images) if f.endswith(".png")])
 
@@ -77,6 +84,7 @@ def main() -> None:
                 cmd = [shutil.which("semi_nnUNet_predict"), *common, "-o", out] + \
                     (["--average", "logits"] if name == "ours_logits" else [])
             runs[name].append(_timed(cmd, env))
+            print(f"{name} run {r}: {runs[name][-1]:.1f} s", flush=True)
     stock, logits, probs = (_labels(join(workdir, f"{k}_0")) for k in ("stock", "ours_logits", "ours"))
     identical = all(np.array_equal(stock[f], logits[f]) for f in stock) and stock.keys() == logits.keys()
     agreement = np.mean([np.mean(stock[f] == probs[f]) for f in stock])

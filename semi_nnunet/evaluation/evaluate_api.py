@@ -5,7 +5,8 @@
   segmentation papers report with), on the image spacing from the reference file's header (array-axis order, as
   nnU-Net's readers return it). Singleton axes (a 2D image stored as a 1-slice volume) are dropped first: MedPy's
   surface erosion would otherwise count every object pixel as surface. ASD is MedPy's ``asd`` (prediction surface
-  to reference surface, the papers' "ASD"); ASSD is the symmetric version (mean over the surface voxels of both). Ignore-label voxels are removed from both
+  to reference surface, the papers' "ASD"); ASSD is the symmetric version (mean over the surface voxels of both).
+  Ignore-label voxels are removed from both
   masks before the distances.
 * Empty masks: Dice/IoU follow nnU-Net (NaN when reference and prediction are both empty; NaN is left out of the
   means). HD95/ASD/ASSD: both empty -> NaN (left out, as Dice); only one empty -> the image diagonal in mm, the worst

@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from semi_nnunet.utilities.file_ops import save_json_atomic
 
-STATE_FOLDER = ".semi_nnunet"  # next to the preprocessed folders: nnU-Net infers a folder's format from every file in it
+# next to the preprocessed folders: nnU-Net infers a folder's format from every file in it
+STATE_FOLDER = ".semi_nnunet"
 _CASE_SUFFIXES = (".b2nd", "_seg.b2nd", ".pkl")
 
 

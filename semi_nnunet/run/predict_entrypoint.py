@@ -21,10 +21,12 @@ def main(argv=None) -> None:
     parser.add_argument("-c", nargs="+", default=None, help="configuration(s), e.g. 2d 3d_fullres")
     parser.add_argument("-tr", nargs="+", default=None, help="trainer(s); every trainer x configuration is a member")
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    parser.add_argument("-f", nargs="+", default=None, help="folds to ensemble (default: every fold with the checkpoint)")
+    parser.add_argument("-f", nargs="+", default=None,
+                        help="folds to ensemble (default: every fold with the checkpoint)")
     parser.add_argument("--stage", type=int, default=None,
                         help="staged trainers: use the models of this stage (TRAINER_stage<K>; 0 = the initial one)")
-    parser.add_argument("-m", nargs="+", default=None, help="model folder(s) (<Trainer>__<Plans>__<Config>) instead of -c/-tr")
+    parser.add_argument("-m", nargs="+", default=None,
+                        help="model folder(s) (<Trainer>__<Plans>__<Config>) instead of -c/-tr")
     parser.add_argument("--spec", default=None,
                         help='JSON list of members: [{"model": DIR, "folds": [0, 1]}, {"dataset": 1, '
                              '"configuration": "2d", "trainer": "T", "stage": 2}, ...]')
@@ -34,7 +36,8 @@ def main(argv=None) -> None:
     parser.add_argument("--average", default="probabilities", choices=["probabilities", "logits"],
                         help="fold averaging: probabilities (default, as nnUNetv2_ensemble) or logits (as "
                              "nnUNetv2_predict)")
-    parser.add_argument("--overwrite", action="store_true", help="redo finished cases / replace another ensemble's output")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo finished cases / replace another ensemble's output")
     parser.add_argument("-device", default="cuda", choices=["cpu", "cuda", "mps"], help="default: cuda")
     args = parser.parse_args(argv)
 

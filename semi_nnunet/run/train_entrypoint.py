@@ -42,7 +42,8 @@ def main(argv=None) -> None:
 
     from semi_nnunet.run.train_api import TrainingError, train, with_optimizer
     try:
-        outputs = train(args.dataset, args.configuration, with_optimizer(args.trainer, args.optimizer), args.folds or None, args.p, args.device,
+        outputs = train(args.dataset, args.configuration, with_optimizer(args.trainer, args.optimizer),
+                        args.folds or None, args.p, args.device,
                         args.c, args.val, args.npz, args.num_gpus, args.pretrained_weights, args.val_best,
                         args.stages, args.dry_run, args.parallel, args.stop_agreement, args.finetune)
     except (TrainingError, DatasetError) as e:

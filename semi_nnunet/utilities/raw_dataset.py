@@ -94,7 +94,8 @@ def list_cases(folder: str, file_ending: str, num_channels: int) -> Dict[str, Li
         m = _CHANNEL_RE.match(name[:-len(file_ending)])
         if m is None:
             raise DatasetError("File name lacks nnU-Net's 4-digit channel suffix.", path,
-                               f"rename it to CASE_0000{file_ending} (channel 0), CASE_0001{file_ending} (channel 1), ...")
+                               f"rename it to CASE_0000{file_ending} (channel 0), CASE_0001{file_ending} "
+                               f"(channel 1), ...")
         cases.setdefault(m["case"], {})[int(m["channel"])] = path
     result = {}
     for case, channels in cases.items():

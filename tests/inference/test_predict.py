@@ -50,7 +50,8 @@ def test_two_fold_ensemble_is_the_mean_of_the_single_fold_softmax(trained, tmp_p
         assert not np.allclose(p0, p1, atol=1e-3), "two different folds predict differently"
         np.testing.assert_allclose(p01, (p0 + p1) / 2, atol=1e-5)
     assert sorted(os.listdir(outs["f01"])) == sorted(
-        [f"test{i:03d}{e}" for i in range(4) for e in (".png", ".npz", ".pkl")] + ["dataset.json", "ensemble.json", "plans.json"]), \
+        [f"test{i:03d}{e}" for i in range(4) for e in (".png", ".npz", ".pkl")]
+        + ["dataset.json", "ensemble.json", "plans.json"]), \
         "one file set per case, nothing per fold, no staging left"
 
     # the same in the network's space, straight from the predictor
