@@ -72,9 +72,10 @@ def fold_average(predictor, data: torch.Tensor, average: str = "probabilities") 
     total = None
     for params in predictor.list_of_parameters:
         network.load_state_dict(params)
-        out = predictor.predict_sliding_window_return_logits(data).to("cpu").float()
-        if average == "probabilities":
-            out = predictor.label_manager.apply_inference_nonlin(out)
+        out = predictor.predict_sliding_window_return_logits(data).to("cpu")
+        if average == "probabilities":  # float32 sums of probabilities
+            out = predictor.label_manager.apply_inference_nonlin(out.float())
+        # logits: summed in the predictor's output dtype (float16 in nnU-Net 2.8), exactly as nnUNetv2_predict does
         total = out if total is None else total.add_(out)
     return total.div_(len(predictor.list_of_parameters))
 
@@ -114,11 +115,9 @@ class _Group:
 
     @torch.inference_mode()
     def predict(self, data: torch.Tensor, average: str) -> torch.Tensor:
-        total = None
-        for p in self.predictors:
-            out = fold_average(p, data, average)
-            total = out if total is None else total.add_(out)
-        return total.div_(len(self.predictors))
+        if len(self.predictors) == 1:
+            return fold_average(self.predictors[0], data, average)
+        return torch.stack([fold_average(p, data, average).float() for p in self.predictors]).mean(0)
 
 
 def _group_key(predictor) -> str:
@@ -205,7 +204,8 @@ def predict(input_folder: str, output_folder: str, members: Sequence[Member], da
                 save_json_atomic({"probabilities": [float(v) for v in probs]}, join(classes_folder, case + ".json"))
             properties = [props for _, props in inputs]
             writing.append(writer.submit(_export, case, list(groups.values()), outputs, properties, weights,
-                                         average, save_probabilities, staging, output_folder, ending))
+                                         average, save_probabilities, staging, output_folder, ending,
+                                         torch.get_num_threads()))
             while len(writing) > 2 or (writing and writing[0].done()):  # bounded queue; errors surface here
                 writing.pop(0).result()
         for f in writing:
@@ -219,8 +219,10 @@ def predict(input_folder: str, output_folder: str, members: Sequence[Member], da
 
 def _export(case: str, groups: List[_Group], outputs: List[torch.Tensor], properties: List[dict],
             weights: List[float], average: str, save_probabilities: bool, staging: str, output_folder: str,
-            ending: str) -> None:
-    """Resample to the image, write into ``staging``, move into ``output_folder`` (segmentation last)."""
+            ending: str, threads: int) -> None:
+    """Resample to the image, write into ``staging``, move into ``output_folder`` (segmentation last).
+    nnU-Net's export sets torch's (process-wide) thread count: ``threads`` is the prediction's own, so a background
+    export never changes the thread count under the network (which would change its floating-point sums)."""
     from nnunetv2.inference.export_prediction import (convert_predicted_logits_to_segmentation_with_correct_shape,
                                                       export_prediction_from_logits)
     truncated = join(staging, case)
@@ -229,14 +231,14 @@ def _export(case: str, groups: List[_Group], outputs: List[torch.Tensor], proper
         logits = outputs[0] if average == "logits" else to_logits(outputs[0], first.label_manager)
         export_prediction_from_logits(logits.numpy(), properties[0], first.configuration_manager,
                                       first.plans_manager, first.dataset_json, truncated, save_probabilities,
-                                      num_threads_torch=1)
+                                      num_threads_torch=threads)
     else:  # configurations differ: average the probabilities on the image grid
         total = None
         for g, out, props, w in zip(groups, outputs, properties, weights):
             logits = out if average == "logits" else to_logits(out, g.label_manager)
             _, probs = convert_predicted_logits_to_segmentation_with_correct_shape(
                 logits.numpy(), g.plans_manager, g.configuration_manager, g.label_manager, props,
-                return_probabilities=True, num_threads_torch=1)
+                return_probabilities=True, num_threads_torch=threads)
             total = probs * w if total is None else total + probs * w
         seg = first.label_manager.convert_probabilities_to_segmentation(total)
         seg = np.asarray(seg).astype(np.uint8 if len(first.label_manager.foreground_labels) < 255 else np.uint16)
