@@ -26,6 +26,7 @@ setup(
         "medpy>=0.5",  # HD95 / ASD in semi_nnUNet_evaluate (the challenge papers' implementation)
         "segment-anything>=1.0",  # SAM architecture for SynFoC
         "peft>=0.10",  # LoRA adapters for SynFoC's SAM encoder
+        "torchvision",  # ResNet backbones of USL-Net's saliency stage (MoCo v2, CCAM)
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={
@@ -39,6 +40,7 @@ setup(
             "semi_nnUNet_evaluate=semi_nnunet.run.evaluate_entrypoint:main",
             "semi_nnUNet_ext_path=semi_nnunet.run.train_entrypoint:ext_path_main",
             "semi_nnUNet_demo=semi_nnunet.run.demo_entrypoint:main",
+            "semi_nnUNet_run_uslnet=semi_nnunet.run.uslnet_entrypoint:main",
         ],
     },
 )

@@ -39,27 +39,39 @@ def find_dataset_name(dataset_id) -> str:
 
 
 def extract_fingerprint_if_needed(dataset_name: str, labeled_files: List[str], dataset_json: dict,
-                                  num_processes: int, force: bool = False) -> bool:
-    """Run nnU-Net's fingerprint extractor unless the labeled files and dataset.json are unchanged. True if run."""
+                                  num_processes: int, force: bool = False,
+                                  label_free: Optional[Dict[str, List[str]]] = None) -> bool:
+    """Run nnU-Net's fingerprint extractor unless the labeled files and dataset.json are unchanged. True if run.
+    ``label_free`` (case -> image files): a dataset without labeled cases, fingerprinted from these images
+    (:mod:`semi_nnunet.planners.label_free`)."""
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
     from nnunetv2.paths import nnUNet_preprocessed
     folder = join(str(nnUNet_preprocessed), dataset_name)
     stamp_file = join(folder, FINGERPRINT_STAMP)
+    if label_free:
+        labeled_files = [f for k in sorted(label_free) for f in label_free[k]]
     stamp = {"files": files_stamp(labeled_files), "dataset_json": {k: dataset_json[k] for k in sorted(dataset_json)
                                                                    if k not in ("numUnlabeled",)}}
     current = isfile(join(folder, "dataset_fingerprint.json")) and isfile(stamp_file) and load_json(stamp_file) == stamp
     if current and not force:
         print(f"Fingerprint of {dataset_name} is current; skipping its extraction.")
         return False
-    DatasetFingerprintExtractor(dataset_name, max(1, num_processes), verbose=False).run(overwrite_existing=True)
     maybe_mkdir_p(folder)
+    if label_free:
+        from semi_nnunet.planners.label_free import label_free_fingerprint
+        save_json_atomic(label_free_fingerprint(dataset_json, label_free, num_processes),
+                         join(folder, "dataset_fingerprint.json"))
+    else:
+        DatasetFingerprintExtractor(dataset_name, max(1, num_processes), verbose=False).run(overwrite_existing=True)
     save_json_atomic(stamp, stamp_file)
     return True
 
 
 def plan(dataset_name: str, planner: str = "ExperimentPlanner", plans_name: Optional[str] = None,
-         gpu_memory_target_in_gb: Optional[float] = None, preprocessor_name: str = "DefaultPreprocessor") -> str:
-    """nnU-Net's planner on the fingerprint (labeled cases). Returns the plans identifier."""
+         gpu_memory_target_in_gb: Optional[float] = None, preprocessor_name: str = "DefaultPreprocessor",
+         label_free: Optional[Dict[str, List[str]]] = None) -> str:
+    """nnU-Net's planner on the fingerprint (labeled cases; ``label_free``: these unlabeled cases when the dataset
+    has no labeled one). Returns the plans identifier."""
     import nnunetv2
     from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
     from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
@@ -70,6 +82,9 @@ def plan(dataset_name: str, planner: str = "ExperimentPlanner", plans_name: Opti
         raise DatasetError(f"Unknown planner '{planner}'.", "-pl",
                            "use an nnU-Net planner class name, e.g. ExperimentPlanner, nnUNetPlannerResEncM, "
                            "nnUNetPlannerResEncL.")
+    if label_free:
+        from semi_nnunet.planners.label_free import label_free_planner
+        planner_class = label_free_planner(planner_class, label_free)
     # nnU-Net's VRAM estimate calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for the value 0 that we
     # recommend for CPU runs (augmentation in the main process); planning does not use it otherwise.
     n_proc_da = os.environ.get("nnUNet_n_proc_DA")
@@ -141,10 +156,15 @@ def plan_and_preprocess(dataset_id, configurations: Sequence[str] = ("2d", "3d_f
         nnunet_verify(raw_folder, max(1, num_processes))
     print(f"{dataset_name}: {len(ds.labeled)} labeled, {len(ds.unlabeled)} unlabeled cases.")
 
-    # 2. fingerprint + plans from labeled cases only (nnU-Net never looks at imagesUnlabeled/)
+    # 2. fingerprint + plans from labeled cases only (nnU-Net never looks at imagesUnlabeled/); a dataset without any
+    #    labeled case (e.g. for USL-Net) is planned from its unlabeled images (semi_nnunet.planners.label_free)
+    if not ds.labeled and not ds.unlabeled:
+        raise DatasetError("The dataset has no cases.", raw_folder, "put images into imagesTr/ (with labelsTr/) or "
+                                                                    "imagesUnlabeled/.")
+    label_free = None if ds.labeled else ds.unlabeled
     labeled_files = [f for k in sorted(ds.labeled) for f in ds.labeled[k] + [ds.labels[k]]]
-    extract_fingerprint_if_needed(dataset_name, labeled_files, ds.dataset_json, num_processes)
-    plans_identifier = plan(dataset_name, planner, plans_name, gpu_memory_target_in_gb)
+    extract_fingerprint_if_needed(dataset_name, labeled_files, ds.dataset_json, num_processes, label_free=label_free)
+    plans_identifier = plan(dataset_name, planner, plans_name, gpu_memory_target_in_gb, label_free=label_free)
     preprocessed_folder = join(str(nnUNet_preprocessed), dataset_name)
     summary = {"dataset_name": dataset_name, "plans_identifier": plans_identifier, "configurations": {},
                "num_labeled": len(ds.labeled), "num_unlabeled": len(ds.unlabeled)}
