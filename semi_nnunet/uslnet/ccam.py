@@ -166,10 +166,10 @@ def train_ccam(images: torch.Tensor, settings: CCAMSettings, output_folder: str,
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        log(f"CCAM epoch {epoch + 1}/{settings.epochs}: loss {sum(losses) / len(losses):.4f} "
-            f"({time.time() - t0:.1f} s)")
         with atomic_path(latest) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1}, tmp)
+        log(f"CCAM epoch {epoch + 1}/{settings.epochs}: loss {sum(losses) / len(losses):.4f} "
+            f"({time.time() - t0:.1f} s)")
     border = decide_polarity(model, images, device, batch)
     log(f"CCAM polarity: {border:.3f} of border pixels active -> {'flipped' if bool(model.flipped) else 'kept'}")
     with atomic_path(final) as tmp:

@@ -152,10 +152,10 @@ def train_moco(images: torch.Tensor, settings: MoCoSettings, output_folder: str,
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        log(f"MoCo v2 epoch {epoch + 1}/{settings.epochs}: loss {sum(losses) / len(losses):.4f} "
-            f"({time.time() - t0:.1f} s)")
         with atomic_path(latest) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1}, tmp)
+        log(f"MoCo v2 epoch {epoch + 1}/{settings.epochs}: loss {sum(losses) / len(losses):.4f} "
+            f"({time.time() - t0:.1f} s)")
     with atomic_path(final) as tmp:
         torch.save({"encoder": model.encoder_q.trunk.state_dict(), "arch": settings.arch,
                     "settings": asdict(settings), "num_images": n, "queue": queue}, tmp)

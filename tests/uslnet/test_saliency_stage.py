@@ -131,3 +131,31 @@ def test_images_for_backbone_grey_to_three_channels():
     # percentile rescale: -1 -> 0, +1 -> 255; halving the size keeps the step between columns 3 and 4
     assert torch.equal(out[0, 0], out[0, 2])
     assert (out[0, :, :, :4] == 0).all() and (out[0, :, :, 4:] == 255).all()
+
+
+@pytest.mark.parametrize("stage", ["moco", "ccam"])
+def test_saliency_stage_training_resumes_after_an_interruption(tmp_path, stage):
+    """Killed after epoch 1 of 2: the rerun starts at epoch 2 from ``*_latest.pth`` and writes the final file."""
+    from semi_nnunet.uslnet.ccam import CCAMSettings, train_ccam
+    from semi_nnunet.uslnet.moco import MoCoSettings, train_moco
+    images = torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8)
+    cpu = torch.device("cpu")
+
+    def train(log):
+        if stage == "moco":
+            return train_moco(images, MoCoSettings(arch="resnet10_w16", epochs=2, batch_size=2, queue=4),
+                              str(tmp_path), cpu, log)
+        return train_ccam(images, CCAMSettings(arch="resnet10_w16", epochs=2, batch_size=2), str(tmp_path), cpu,
+                          log=log)
+
+    def killed(message):
+        if "epoch 1/2" in message:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(killed)
+    assert (tmp_path / f"{stage}_latest.pth").exists()
+    messages = []
+    final = train(messages.append)
+    assert any("resuming at epoch 1" in m for m in messages)
+    assert any("epoch 2/2" in m for m in messages) and not any("epoch 1/2" in m for m in messages)
+    assert final.endswith(("moco_encoder.pth", "ccam.pth")) and not (tmp_path / f"{stage}_latest.pth").exists()
