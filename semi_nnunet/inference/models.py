@@ -12,15 +12,13 @@ from typing import List, Optional, Sequence, Union
 
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, subdirs
 
+from semi_nnunet.utilities.errors import InputError
+
 Fold = Union[int, str]
 
 
-class PredictionError(ValueError):
+class PredictionError(InputError):
     """Bad input to prediction or evaluation. The message names the file or argument and the fix."""
-
-    def __init__(self, problem: str, where: str, fix: str):
-        self.problem, self.where, self.fix = problem, where, fix
-        super().__init__(f"{problem}\n  where: {where}\n  fix: {fix}")
 
 
 @dataclass

@@ -13,6 +13,7 @@
   is repeated to three channels, resized to ``size x size`` and stored as uint8. :func:`imagenet_normalize` applies
   ImageNet's mean and std (CCAM code, MoCo) on the fly.
 """
+import time
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -170,3 +171,12 @@ def iterate_batches(n: int, batch_size: int, generator: torch.Generator, drop_la
     if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
         batches = batches[:-1]
     return batches
+
+
+def end_epoch(latest: str, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, epochs: int,
+              losses: list, started: float, name: str, log) -> None:
+    """Save the resumable per-epoch checkpoint (atomically), then log the epoch's mean loss."""
+    from semi_nnunet.utilities.file_ops import atomic_path
+    with atomic_path(latest) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1}, tmp)
+    log(f"{name} epoch {epoch + 1}/{epochs}: loss {sum(losses) / len(losses):.4f} ({time.time() - started:.1f} s)")

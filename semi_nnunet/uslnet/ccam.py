@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semi_nnunet.uslnet.backbone import imagenet_normalize, iterate_batches, load_backbone_weights, resnet_trunk
+from semi_nnunet.uslnet.backbone import (end_epoch, imagenet_normalize, iterate_batches, load_backbone_weights,
+                                         resnet_trunk)
 from semi_nnunet.utilities.file_ops import atomic_path
 
 SIM_MIN, SIM_MAX = 5e-4, 0.9995
@@ -166,10 +167,7 @@ def train_ccam(images: torch.Tensor, settings: CCAMSettings, output_folder: str,
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        with atomic_path(latest) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1}, tmp)
-        log(f"CCAM epoch {epoch + 1}/{settings.epochs}: loss {sum(losses) / len(losses):.4f} "
-            f"({time.time() - t0:.1f} s)")
+        end_epoch(latest, model, optimizer, epoch, settings.epochs, losses, t0, "CCAM", log)
     border = decide_polarity(model, images, device, batch)
     log(f"CCAM polarity: {border:.3f} of border pixels active -> {'flipped' if bool(model.flipped) else 'kept'}")
     with atomic_path(final) as tmp:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semi_nnunet.uslnet.backbone import imagenet_normalize, iterate_batches, resnet_trunk
+from semi_nnunet.uslnet.backbone import end_epoch, imagenet_normalize, iterate_batches, resnet_trunk
 from semi_nnunet.utilities.file_ops import atomic_path
 
 
@@ -152,10 +152,7 @@ def train_moco(images: torch.Tensor, settings: MoCoSettings, output_folder: str,
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        with atomic_path(latest) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1}, tmp)
-        log(f"MoCo v2 epoch {epoch + 1}/{settings.epochs}: loss {sum(losses) / len(losses):.4f} "
-            f"({time.time() - t0:.1f} s)")
+        end_epoch(latest, model, optimizer, epoch, settings.epochs, losses, t0, "MoCo v2", log)
     with atomic_path(final) as tmp:
         torch.save({"encoder": model.encoder_q.trunk.state_dict(), "arch": settings.arch,
                     "settings": asdict(settings), "num_images": n, "queue": queue}, tmp)

@@ -19,16 +19,14 @@ from typing import Dict, List, Optional
 
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json
 
+from semi_nnunet.utilities.errors import InputError
+
 UNLABELED_FOLDER = "imagesUnlabeled"
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """Bad input in a raw dataset. The message names the file (or key) and the fix."""
-
-    def __init__(self, problem: str, where: str, fix: str):
-        self.problem, self.where, self.fix = problem, where, fix
-        super().__init__(f"{problem}\n  where: {where}\n  fix: {fix}")
 
 
 @dataclass
