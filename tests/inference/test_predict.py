@@ -25,14 +25,16 @@ TRAINER = "MeanTeacherTrainer_2epochs_2it"  # a semi-supervised trainer's result
 def trained(module_paths):
     """Folds 0 and 1 of a tiny 2D model (validation probabilities saved), a copy of its results folder as a second
     "trainer" (ensembles below pair fold 0 of one with fold 1 of the other, so the members differ), 4 test images."""
-    os.environ["nnUNet_n_proc_DA"] = "0"
-    raw = make_synthetic_dataset(module_paths["nnUNet_raw"], 941, dim=2, num_labeled=6, num_unlabeled=2, num_test=4)
-    plan_and_preprocess(941, ["2d"], num_processes=1, show_progress=False)
-    train(941, "2d", TRAINER, [0, 1], device="cpu", export_validation_probabilities=True)
-    model = join(module_paths["nnUNet_results"], "Dataset941_Synthetic2D", f"{TRAINER}__nnUNetPlans__2d")
-    other = model.replace(TRAINER, "OtherTrainer")
-    shutil.copytree(model, other)
-    return {**module_paths, "raw": raw, "model": model, "images": join(raw, "imagesTs")}
+    with pytest.MonkeyPatch.context() as mp:  # for this module only: other modules run nnU-Net's stock planner
+        mp.setenv("nnUNet_n_proc_DA", "0")
+        raw = make_synthetic_dataset(module_paths["nnUNet_raw"], 941, dim=2, num_labeled=6, num_unlabeled=2,
+                                     num_test=4)
+        plan_and_preprocess(941, ["2d"], num_processes=1, show_progress=False)
+        train(941, "2d", TRAINER, [0, 1], device="cpu", export_validation_probabilities=True)
+        model = join(module_paths["nnUNet_results"], "Dataset941_Synthetic2D", f"{TRAINER}__nnUNetPlans__2d")
+        other = model.replace(TRAINER, "OtherTrainer")
+        shutil.copytree(model, other)
+        yield {**module_paths, "raw": raw, "model": model, "images": join(raw, "imagesTs")}
 
 
 def _npz(folder, case="test000"):
