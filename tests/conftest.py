@@ -1,6 +1,11 @@
 """Shared fixtures: nnU-Net's folders in a temporary directory, tiny synthetic datasets."""
 import os
 
+# nnU-Net sizes its process pools (validation export, prediction, fingerprinting) by nnUNet_def_n_proc, read once at
+# import: its default of 8 spawns 8 interpreters per pool, each importing torch, for a handful of 48 px test cases on
+# a 2-core CI machine. One worker keeps every pool (and the code paths through it) at a fraction of the cost.
+os.environ.setdefault("nnUNet_def_n_proc", "1")
+
 import pytest
 
 
