@@ -180,3 +180,17 @@ def end_epoch(latest: str, model: nn.Module, optimizer: torch.optim.Optimizer, e
     with atomic_path(latest) as tmp:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1}, tmp)
     log(f"{name} epoch {epoch + 1}/{epochs}: loss {sum(losses) / len(losses):.4f} ({time.time() - started:.1f} s)")
+
+
+def resume_epoch(latest: str, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, name: str,
+                 log) -> int:
+    """The epoch to start from: 0, or the one after the last :func:`end_epoch` checkpoint (model and optimizer
+    restored from it)."""
+    import os
+    if not os.path.isfile(latest):
+        return 0
+    state = torch.load(latest, map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    log(f"{name}: resuming at epoch {state['epoch']}")
+    return state["epoch"]

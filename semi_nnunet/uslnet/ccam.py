@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semi_nnunet.uslnet.backbone import (end_epoch, imagenet_normalize, iterate_batches, load_backbone_weights,
-                                         resnet_trunk)
+                                         resnet_trunk, resume_epoch)
 from semi_nnunet.utilities.file_ops import atomic_path
 
 SIM_MIN, SIM_MAX = 5e-4, 0.9995
@@ -145,13 +145,7 @@ def train_ccam(images: torch.Tensor, settings: CCAMSettings, output_folder: str,
     total = settings.epochs * per_epoch
     optimizer = torch.optim.SGD(model.parameter_groups(settings.lr, settings.weight_decay), lr=settings.lr,
                                 momentum=0.9, nesterov=True)
-    start_epoch = 0
-    if os.path.isfile(latest):
-        state = torch.load(latest, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"]
-        log(f"CCAM: resuming at epoch {start_epoch}")
+    start_epoch = resume_epoch(latest, model, optimizer, device, "CCAM", log)
     model.train()
     for epoch in range(start_epoch, settings.epochs):
         t0, losses = time.time(), []

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semi_nnunet.uslnet.backbone import end_epoch, imagenet_normalize, iterate_batches, resnet_trunk
+from semi_nnunet.uslnet.backbone import end_epoch, imagenet_normalize, iterate_batches, resnet_trunk, resume_epoch
 from semi_nnunet.utilities.file_ops import atomic_path
 
 
@@ -130,13 +130,7 @@ def train_moco(images: torch.Tensor, settings: MoCoSettings, output_folder: str,
     optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=lr, momentum=0.9, weight_decay=settings.weight_decay)
     per_epoch = len(iterate_batches(n, batch, torch.Generator().manual_seed(0)))
     total = settings.epochs * per_epoch
-    start_epoch = 0
-    if os.path.isfile(latest):
-        state = torch.load(latest, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"]
-        log(f"MoCo v2: resuming at epoch {start_epoch}")
+    start_epoch = resume_epoch(latest, model, optimizer, device, "MoCo v2", log)
     augment = moco_augmentation(images.shape[-1])
     model.train()
     for epoch in range(start_epoch, settings.epochs):
