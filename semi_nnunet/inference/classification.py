@@ -26,7 +26,8 @@ def load_classifiers(member: Member, device: torch.device) -> List:
     trainers = []
     for fold in member.folds:
         path = join(member.folder, f"fold_{fold}", member.checkpoint)
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        # memory-mapped: reading the trainer name and init_args does not read the weights (the predictor loads them)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
         cls = find_trainer_class(checkpoint["trainer_name"])
         if not callable(getattr(cls, "classify", None)):
             return []

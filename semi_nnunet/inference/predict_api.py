@@ -103,9 +103,8 @@ class _Group:
 
     def __init__(self, predictor):
         self.predictors = [predictor]
-        first = predictor
-        self.plans_manager, self.configuration_manager = first.plans_manager, first.configuration_manager
-        self.dataset_json, self.label_manager = first.dataset_json, first.label_manager
+        self.plans_manager, self.configuration_manager = predictor.plans_manager, predictor.configuration_manager
+        self.dataset_json, self.label_manager = predictor.dataset_json, predictor.label_manager
 
     def preprocess(self, files: List[str]):
         pre = self.configuration_manager.preprocessor_class(verbose=False)
