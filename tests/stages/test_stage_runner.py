@@ -120,9 +120,9 @@ def test_label_agreement_between_pseudo_label_folders(tmp_path):
     assert label_agreement(a, str(tmp_path / "missing")) is None
 
 
-def test_two_folds_two_stages_killed_midway_then_resumed(nnunet_paths):
+def test_two_folds_killed_midway_then_resumed(nnunet_paths):
     """SIGKILL during stage-1 training, rerun (folds in parallel): finishes, never retrains stage 0, every pseudo-label
-    comes from its own fold's model of the previous stage."""
+    comes from its own fold's model of the previous stage. (Two stages on one fold are covered above.)"""
     import signal
     import subprocess
     import sys
@@ -130,7 +130,7 @@ def test_two_folds_two_stages_killed_midway_then_resumed(nnunet_paths):
     make_synthetic_dataset(nnunet_paths["nnUNet_raw"], 993, dim=2, num_labeled=5, num_unlabeled=3, shape=(32, 32))
     plan_and_preprocess(993, ["2d"], num_processes=1, show_progress=False)
     cmd = [sys.executable, "-c", "from semi_nnunet.run.train_entrypoint import main; main()",
-           "993", "2d", TRAINER, "0", "1", "--stages", "2", "-device", "cpu"]
+           "993", "2d", TRAINER, "0", "1", "--stages", "1", "-device", "cpu"]
     env = {**os.environ, "nnUNet_n_proc_DA": "0"}
     results = join(nnunet_paths["nnUNet_results"], "Dataset993_Synthetic2D")
     stage1_fold0 = join(results, f"{TRAINER}_stage1__nnUNetPlans__2d", "fold_0")
@@ -149,8 +149,8 @@ def test_two_folds_two_stages_killed_midway_then_resumed(nnunet_paths):
     subprocess.run(cmd + ["--parallel", "2"], env=env, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
     assert {f: os.path.getmtime(join(initial, f"fold_{f}", "checkpoint_final.pth")) for f in (0, 1)} == stage0
-    for k in (1, 2):
-        previous = initial if k == 1 else join(results, f"{TRAINER}_stage1__nnUNetPlans__2d")
+    for k in (1,):
+        previous = initial
         for f in (0, 1):
             pseudo = join(initial, "pseudo_labels", f"stage_{k}", f"fold_{f}")
             prov = load_json(join(pseudo, "provenance.json"))
