@@ -41,6 +41,7 @@ setup(
             "semi_nnUNet_ext_path=semi_nnunet.run.train_entrypoint:ext_path_main",
             "semi_nnUNet_demo=semi_nnunet.run.demo_entrypoint:main",
             "semi_nnUNet_run_uslnet=semi_nnunet.run.uslnet_entrypoint:main",
+            "semi_nnUNet_benchmark=semi_nnunet.run.benchmark_entrypoint:main",
         ],
     },
 )

@@ -191,26 +191,35 @@ def per_case_values(summary: dict, label: str, metric: str) -> Dict[str, float]:
     return {os.path.basename(c["prediction_file"]): c["metrics"][label][metric] for c in summary["metric_per_case"]}
 
 
-def compare(summary_a: dict, summary_b: dict, metrics: Sequence[str] = ("Dice", "HD95", "ASD")) -> dict:
-    """Paired two-sided Wilcoxon signed-rank test of B vs A per class and metric, over the cases both evaluated
-    (pairs with a NaN dropped). ``mean_difference`` is mean(B - A)."""
+def paired_wilcoxon(a: Dict[str, float], b: Dict[str, float]) -> dict:
+    """Paired two-sided Wilcoxon signed-rank test of B vs A over the cases both have (pairs with a NaN dropped).
+    ``mean_difference`` is mean(B - A)."""
     from scipy.stats import wilcoxon
+    cases = sorted(c for c in set(a) & set(b) if np.isfinite(a[c]) and np.isfinite(b[c]))
+    x, y = np.array([a[c] for c in cases]), np.array([b[c] for c in cases])
+    if len(cases) == 0:
+        stat, p = float("nan"), float("nan")
+    elif np.all(x == y):
+        stat, p = 0.0, 1.0
+    else:
+        res = wilcoxon(y, x)
+        stat, p = float(res.statistic), float(res.pvalue)
+    return {"n": len(cases), "mean_a": float(x.mean()) if len(x) else float("nan"),
+            "mean_b": float(y.mean()) if len(y) else float("nan"),
+            "mean_difference": float((y - x).mean()) if len(x) else float("nan"), "statistic": stat, "p_value": p}
+
+
+def compare(summary_a: dict, summary_b: dict, metrics: Sequence[str] = ("Dice", "HD95", "ASD")) -> dict:
+    """:func:`paired_wilcoxon` of B vs A per class and metric."""
+    return {label: {metric: paired_wilcoxon(per_case_values(summary_a, label, metric),
+                                            per_case_values(summary_b, label, metric)) for metric in metrics}
+            for label in summary_a["mean"]}
+
+
+def foreground_per_case(summary: dict, metric: str) -> Dict[str, float]:
+    """Per case, the mean of ``metric`` over the foreground classes (NaN classes left out; NaN if all are)."""
     out = {}
-    for label in summary_a["mean"]:
-        out[label] = {}
-        for metric in metrics:
-            a, b = per_case_values(summary_a, label, metric), per_case_values(summary_b, label, metric)
-            cases = sorted(c for c in set(a) & set(b) if np.isfinite(a[c]) and np.isfinite(b[c]))
-            x, y = np.array([a[c] for c in cases]), np.array([b[c] for c in cases])
-            if len(cases) == 0:
-                stat, p = float("nan"), float("nan")
-            elif np.all(x == y):
-                stat, p = 0.0, 1.0
-            else:
-                res = wilcoxon(y, x)
-                stat, p = float(res.statistic), float(res.pvalue)
-            out[label][metric] = {"n": len(cases), "mean_a": float(x.mean()) if len(x) else float("nan"),
-                                  "mean_b": float(y.mean()) if len(y) else float("nan"),
-                                  "mean_difference": float((y - x).mean()) if len(x) else float("nan"),
-                                  "statistic": stat, "p_value": p}
+    for c in summary["metric_per_case"]:
+        values = [v[metric] for v in c["metrics"].values() if np.isfinite(v[metric])]
+        out[os.path.basename(c["prediction_file"])] = float(np.mean(values)) if values else float("nan")
     return out

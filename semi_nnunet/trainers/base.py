@@ -77,6 +77,7 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
     hco_lr_scale: float = 1.0
     # staged pseudo-labelling (semi_nnunet.stages): stages after this trainer, and the class that trains them
     num_stages: int = 0
+    supported_dims: Tuple[int, ...] = (2, 3)  # patch dimensions the method works on (2D-only methods: (2,))
     stage_trainer: Optional[type] = None
     pseudo_label_maps: bool = False  # also save the ensemble's confidence/entropy maps beside each pseudo-label
 

@@ -5,6 +5,10 @@
 * ``<Trainer>_stage<k>``: stage k of a staged trainer (one with ``num_stages > 0`` and a ``stage_trainer`` class,
   e.g. Semi-CervixSeg): a fresh network on ground truth + the pseudo-labels of stage k, with the trainer's schedule
   and optimizer.
+* ``<Trainer>_<E>epochs[_<I>it]``: a training budget (E epochs of I iterations, one validation iteration per five
+  training iterations), for any of our trainers and, in the ``_<I>it`` form (nnU-Net has its own
+  ``nnUNetTrainer_<E>epochs``), for nnU-Net's ``nnUNetTrainer`` (the label-efficiency benchmark's baseline), e.g.
+  ``nnUNetTrainer_40epochs_25it``, ``MeanTeacherTrainer_40epochs_25it_HCO``.
 
 Each is a subclass that sets attributes and nothing else, created once and kept in this module, so nnU-Net (through
 ``nnUNet_extTrainer``), pickling and checkpoints find it by name like any other trainer. Suffixes compose:
@@ -17,6 +21,7 @@ from typing import Dict, Optional
 from semi_nnunet.trainers.optimizers import OPTIMIZERS
 
 _STAGE = re.compile(r"^(?P<base>.+)_stage(?P<k>[1-9]\d*)$")
+_BUDGET = re.compile(r"^(?P<base>.+)_(?P<epochs>[1-9]\d*)epochs(?:_(?P<its>[1-9]\d*)it)?$")
 
 
 def hco_counterpart(base_optimizer: Optional[str]) -> str:
@@ -50,6 +55,18 @@ def stage_variant(base: type, stage: int) -> type:
                  f"Stage {stage} of {base.__name__}: a fresh network on ground truth + stage-{stage} pseudo-labels.")
 
 
+def budget_variant(base: type, epochs: int, iterations: Optional[int] = None) -> type:
+    """``<base>_<epochs>epochs[_<iterations>it]``: ``base`` with that training length (attributes only)."""
+    from semi_nnunet.trainers.schedule import ScheduleMixin
+    budget = {"num_epochs": epochs}
+    if iterations:
+        budget.update(num_iterations_per_epoch=iterations, num_val_iterations_per_epoch=max(1, iterations // 5))
+    name = f"{base.__name__}_{epochs}epochs" + (f"_{iterations}it" if iterations else "")
+    bases = (base,) if issubclass(base, ScheduleMixin) else (ScheduleMixin, base)
+    return _make(name, bases, {"schedule": {**getattr(base, "schedule", {}), **budget}},
+                 f"{base.__name__} for {epochs} epochs" + (f" of {iterations} iterations." if iterations else "."))
+
+
 def resolve(name: str, classes: Dict[str, type]) -> Optional[type]:
     """The class for a generated name whose prefix is a semi-supervised trainer (or itself generated); else None."""
     from semi_nnunet.trainers.base import SemiSupervisedTrainer
@@ -59,6 +76,15 @@ def resolve(name: str, classes: Dict[str, type]) -> Optional[type]:
         return cls if cls is not None and issubclass(cls, SemiSupervisedTrainer) \
             and cls is not SemiSupervisedTrainer else None
 
+    m = _BUDGET.match(name)
+    if m:
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+        # nnU-Net ships nnUNetTrainer_<E>epochs classes itself: only the _<I>it form is made for it, so a name never
+        # means two classes
+        base = (nnUNetTrainer if m["its"] else None) if m["base"] == "nnUNetTrainer" else \
+            classes.get(m["base"]) or resolve(m["base"], classes)
+        if base is not None:
+            return budget_variant(base, int(m["epochs"]), int(m["its"]) if m["its"] else None)
     m = _STAGE.match(name)
     if m:
         base = base_of(m["base"])

@@ -75,6 +75,7 @@ from semi_nnunet.trainers.variants import nnUNetTrainer_2epochs_2it, nnUNetTrain
 
 class HermesTrainer(SemiSupervisedTrainer):
     use_teacher = False
+    supported_dims = (2,)
     num_strong_views = 1
     lambda_seg: float = 0.5
     lambda_cls: float = 1.0

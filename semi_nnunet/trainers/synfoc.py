@@ -70,6 +70,7 @@ def synfoc_strong_transforms(multiplier=(0.1, 2.0), blur_sigma=(0.1, 2.0)) -> Co
 
 
 class SynFoCTrainer(SemiSupervisedTrainer):
+    supported_dims = (2,)
     # SAM branch
     sam_config: str = "vit_b"  # or "tiny_random" (tests only)
     sam_checkpoint: Optional[str] = None  # None: $SEMI_NNUNET_MEDSAM_CHECKPOINT (medsam_vit_b.pth)

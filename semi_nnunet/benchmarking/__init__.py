@@ -1,0 +1,1 @@
+"""Benchmarks that ship with the package (the label-efficiency benchmark: ``semi_nnUNet_benchmark``)."""
