@@ -53,6 +53,7 @@ def with_uncertain_label(dataset_json: dict) -> Tuple[dict, int]:
 class USLNetTrainer(SemiSupervisedTrainer):
     """One USL-Net cycle on nnU-Net's planned network (see the module docstring)."""
     requires_labels = False
+    supported_dims = (2,)
     use_teacher = False
     num_strong_views = 0
     method_log_keys = ("pseudo_loss",)
@@ -219,3 +220,13 @@ USLNET_SETTINGS = ("fg_threshold", "bg_threshold", "min_component_fraction", "ke
                    "cycle_combine", "num_cycles", "backbone", "moco_checkpoint", "saliency_image_size",
                    "moco_epochs", "moco_batch_size", "moco_queue", "moco_momentum", "moco_temperature", "ccam_epochs",
                    "ccam_batch_size", "ccam_lr", "ccam_alpha", "ccam_scales", "seed", "overlay_cases", "dice_weight")
+
+
+class USLNetTrainer_cpu(USLNetTrainer):
+    """A CPU budget for benchmarks (tens of minutes for ~100 images): ResNet-18 at 128 px, 30 MoCo epochs, 3 cycles
+    of 10 x 25 iterations. Far below the paper's budget; a lower bound on what the method does."""
+    schedule = dict(num_epochs=10, num_iterations_per_epoch=25, num_val_iterations_per_epoch=5)
+    backbone = "resnet18"
+    saliency_image_size = 128
+    moco_epochs = 30
+    num_cycles = 3
