@@ -267,11 +267,13 @@ def run_label_efficiency(dataset, configuration: str = "2d", num_labeled: Sequen
     workdir = os.path.abspath(workdir)
     maybe_mkdir_p(workdir)
     start = time.time()
-    subsets = [run_subset(source, workdir, subset_dataset_id, configuration, n, seed, names, stages, device,
-                          num_processes) for n in sorted(set(num_labeled))]
     results = {"source": source, "configuration": configuration, "seed": seed, "device": device,
                "budget": {"epochs": epochs, "iterations_per_epoch": iterations, "stages": stages},
                "baseline": names[0], "trainers": names, "command": command or " ".join(sys.argv),
-               "date": time.strftime("%Y-%m-%d"), "wall_time_s_this_call": time.time() - start, "subsets": subsets}
-    write_report(results, workdir)
+               "date": time.strftime("%Y-%m-%d"), "subsets": []}
+    for n in sorted(set(num_labeled)):  # the report is rewritten after every subset, so a long run shows progress
+        results["subsets"].append(run_subset(source, workdir, subset_dataset_id, configuration, n, seed, names, stages,
+                                             device, num_processes))
+        results["wall_time_s_this_call"] = time.time() - start
+        write_report(results, workdir)
     return results
