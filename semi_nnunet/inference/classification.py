@@ -15,6 +15,7 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import join
 
 from semi_nnunet.inference.models import Member
+from semi_nnunet.utilities.checkpoints import load_checkpoint_file
 from semi_nnunet.utilities.file_ops import atomic_path
 
 CLASSES_CSV = "classes.csv"
@@ -26,8 +27,9 @@ def load_classifiers(member: Member, device: torch.device) -> List:
     trainers = []
     for fold in member.folds:
         path = join(member.folder, f"fold_{fold}", member.checkpoint)
-        # memory-mapped: reading the trainer name and init_args does not read the weights (the predictor loads them)
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        # memory-mapped: reading the trainer name and init_args does not read the weights (the predictor loads them);
+        # restricted unpickler (semi_nnunet.utilities.checkpoints)
+        checkpoint = load_checkpoint_file(path, mmap=True)
         cls = find_trainer_class(checkpoint["trainer_name"])
         if not callable(getattr(cls, "classify", None)):
             return []

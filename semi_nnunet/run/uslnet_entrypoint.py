@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from semi_nnunet.utilities.raw_dataset import DatasetError
+from semi_nnunet.utilities.errors import InputError
 
 
 def main(argv=None) -> None:
@@ -37,7 +37,7 @@ def main(argv=None) -> None:
     try:
         result = run_uslnet(args.dataset, args.c, args.tr, args.cycles, args.device, args.moco_checkpoint,
                             args.eval_labels, args.p, args.mirroring, not args.no_test_eval, args.np)
-    except (USLNetError, DatasetError, FileNotFoundError) as e:
+    except (USLNetError, InputError, FileNotFoundError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(2)
     print(f"Final model: {result['results_folder']} (fold all); report: {result['work_folder']}/report.json")

@@ -48,6 +48,7 @@ from semi_nnunet.trainers.ramps import RAMPS
 from semi_nnunet.trainers.schedule import ScheduleMixin
 from semi_nnunet.trainers.unlabeled_data import UnlabeledDataset, unlabeled_identifiers
 from semi_nnunet.trainers.views import WeakStrongViews, split_views
+from semi_nnunet.utilities.checkpoints import load_checkpoint_file
 from semi_nnunet.utilities.file_ops import atomic_path
 
 Losses = Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]
@@ -414,9 +415,11 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
             torch.save(checkpoint, tmp)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        super().load_checkpoint(filename_or_checkpoint)  # nnU-Net restores student, optimizer, logger, epoch
-        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False) \
+        # PyTorch's restricted unpickler first (tensors and plain values only; a truncated or unsafe file is an error
+        # naming it): nnU-Net's own full unpickle below then only ever sees a file that passed it
+        checkpoint = load_checkpoint_file(filename_or_checkpoint, map_location=self.device) \
             if isinstance(filename_or_checkpoint, str) else filename_or_checkpoint
+        super().load_checkpoint(filename_or_checkpoint)  # nnU-Net restores student, optimizer, logger, epoch
         for key in self.log_keys:  # checkpoints from before a curve existed
             self.logger.local_logger.my_fantastic_logging.setdefault(key, [float("nan")] * self.current_epoch)
         self.load_extra_checkpoint_state(checkpoint)

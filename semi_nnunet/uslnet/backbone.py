@@ -13,6 +13,7 @@
   is repeated to three channels, resized to ``size x size`` and stored as uint8. :func:`imagenet_normalize` applies
   ImageNet's mean and std (CCAM code, MoCo) on the fly.
 """
+import os
 import time
 from typing import Dict, List, Sequence, Tuple
 
@@ -112,10 +113,11 @@ def trunk_state_from_checkpoint(checkpoint: dict) -> Dict[str, torch.Tensor]:
 
 def load_backbone_weights(trunk: ResNetTrunk, path: str) -> Dict[str, int]:
     """Load a user or MoCo checkpoint into ``trunk``; returns counts of loaded and missing tensors."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"MoCo/backbone checkpoint not found: {path}") from None
+    from semi_nnunet.utilities.checkpoints import load_checkpoint_file
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"MoCo/backbone checkpoint not found: {path}")
+    # a user's file: the restricted unpickler (semi_nnunet.utilities.checkpoints)
+    checkpoint = load_checkpoint_file(path, fix="give an intact MoCo v1/v2 or torchvision ResNet checkpoint.")
     state = trunk_state_from_checkpoint(checkpoint)
     own = trunk.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -189,7 +191,9 @@ def resume_epoch(latest: str, model: nn.Module, optimizer: torch.optim.Optimizer
     import os
     if not os.path.isfile(latest):
         return 0
-    state = torch.load(latest, map_location=device, weights_only=False)
+    from semi_nnunet.utilities.checkpoints import load_checkpoint_file
+    state = load_checkpoint_file(latest, map_location=device, fix="delete it to restart this step from its first "
+                                                                  "epoch.")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     log(f"{name}: resuming at epoch {state['epoch']}")

@@ -185,7 +185,8 @@ def decide_polarity(model: CCAM, images: torch.Tensor, device: torch.device, bat
 
 
 def load_ccam(path: str, device: torch.device) -> CCAM:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    from semi_nnunet.utilities.checkpoints import load_checkpoint_file
+    checkpoint = load_checkpoint_file(path, fix="delete it: the next run trains CCAM again.")
     model = CCAM(checkpoint["arch"])
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval()

@@ -157,5 +157,6 @@ def train_moco(images: torch.Tensor, settings: MoCoSettings, output_folder: str,
 
 def moco_checkpoint_arch(path: str) -> Optional[str]:
     """The architecture our own ``moco_encoder.pth`` records (None for other formats)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    from semi_nnunet.utilities.checkpoints import load_checkpoint_file
+    checkpoint = load_checkpoint_file(path, fix="give an intact MoCo v1/v2 or torchvision ResNet checkpoint.")
     return checkpoint.get("arch") if isinstance(checkpoint, dict) else None

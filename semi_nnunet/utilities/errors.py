@@ -7,3 +7,6 @@ class InputError(ValueError):
     def __init__(self, problem: str, where: str, fix: str):
         self.problem, self.where, self.fix = problem, where, fix
         super().__init__(f"{problem}\n  where: {where}\n  fix: {fix}")
+
+    def __reduce__(self):  # raised in worker processes: pickled with its three parts, not the joined message
+        return type(self), (self.problem, self.where, self.fix)
