@@ -1,6 +1,8 @@
 """``semi_nnUNet_plan_and_preprocess`` as Python functions.
 
-1. Check the raw dataset, unlabeled cases included (:func:`check_semi_dataset`), before anything is written.
+1. Check the raw dataset, unlabeled cases included (:func:`check_semi_dataset`), before anything is written; when
+   bad input shows up only later (an image nnU-Net's reader cannot decode, NaN intensities), the error names the file
+   and a first run removes what it wrote.
 2. nnU-Net's fingerprint and plans from the **labeled cases only**, with nnU-Net's own extractor and planner (any
    planner class, ResEnc included), so the plans are identical to stock nnU-Net's and ``nnUNetv2_predict`` works.
 3. Labeled cases preprocessed into nnU-Net's folder, unlabeled cases with the same plans into
@@ -8,15 +10,19 @@
 4. ``gt_segmentations`` (as nnU-Net) and ``splits_final.json`` over labeled cases only.
 """
 import os
+import shutil
 from typing import Dict, List, Optional, Sequence
 
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, maybe_mkdir_p
 
 from semi_nnunet.planners.preprocessing import files_stamp, preprocess_cases, unlabeled_folder_name
 from semi_nnunet.utilities.file_ops import copy_atomic, is_same_copy, save_json_atomic
-from semi_nnunet.utilities.raw_dataset import DatasetError, check_semi_dataset
+from semi_nnunet.utilities.errors import InputError
+from semi_nnunet.utilities.raw_dataset import DatasetError, check_label_values, check_semi_dataset
 
 FINGERPRINT_STAMP = ".semi_nnunet_fingerprint_stamp.json"
+# nnU-Net's standard configurations: one that a dataset's plans lack is skipped (e.g. 3d_fullres of a 2D dataset)
+NNUNET_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 
 
 def _default_num_processes() -> int:
@@ -38,43 +44,85 @@ def find_dataset_name(dataset_id) -> str:
                            "convert the dataset first (semi_nnUNet_convert_*) or check the id.") from None
 
 
+def _fingerprint_stamp(labeled_files: List[str], dataset_json: dict,
+                       label_free: Optional[Dict[str, List[str]]] = None) -> dict:
+    if label_free:
+        labeled_files = [f for k in sorted(label_free) for f in label_free[k]]
+    return {"files": files_stamp(labeled_files), "dataset_json": {k: dataset_json[k] for k in sorted(dataset_json)
+                                                                  if k not in ("numUnlabeled",)}}
+
+
+def fingerprint_is_current(dataset_name: str, labeled_files: List[str], dataset_json: dict,
+                           label_free: Optional[Dict[str, List[str]]] = None) -> bool:
+    """True when the fingerprint exists and was extracted from these very files and dataset.json."""
+    from nnunetv2.paths import nnUNet_preprocessed
+    folder = join(str(nnUNet_preprocessed), dataset_name)
+    stamp_file = join(folder, FINGERPRINT_STAMP)
+    return isfile(join(folder, "dataset_fingerprint.json")) and isfile(stamp_file) and \
+        load_json(stamp_file) == _fingerprint_stamp(labeled_files, dataset_json, label_free)
+
+
+def _find_unreadable_or_nan(cases: Dict[str, List[str]], dataset_json: dict) -> None:
+    """Raise the :class:`DatasetError` of the first case whose pixels cannot be read or are not finite (the diagnosis
+    when nnU-Net's fingerprint extraction fails or gives NaN intensities; reads the images only on that path)."""
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    from semi_nnunet.utilities.raw_dataset import read_full_check
+    rw = determine_reader_writer_from_dataset_json(dataset_json, next(iter(cases.values()))[0], verbose=False)
+    for case in sorted(cases):
+        try:
+            read_full_check(case, cases[case], rw)
+        except DatasetError as e:
+            if "constant" not in e.problem:  # a blank image does not break the fingerprint
+                raise
+
+
 def extract_fingerprint_if_needed(dataset_name: str, labeled_files: List[str], dataset_json: dict,
                                   num_processes: int, force: bool = False,
-                                  label_free: Optional[Dict[str, List[str]]] = None) -> bool:
+                                  label_free: Optional[Dict[str, List[str]]] = None,
+                                  labeled_cases: Optional[Dict[str, List[str]]] = None) -> bool:
     """Run nnU-Net's fingerprint extractor unless the labeled files and dataset.json are unchanged. True if run.
     ``label_free`` (case -> image files): a dataset without labeled cases, fingerprinted from these images
-    (:mod:`semi_nnunet.planners.label_free`)."""
+    (:mod:`semi_nnunet.planners.label_free`). ``labeled_cases`` (case -> image files): when the extraction fails or
+    gives non-finite intensities, the case to blame is found among these and named in a :class:`DatasetError`."""
+    import math
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
     from nnunetv2.paths import nnUNet_preprocessed
     folder = join(str(nnUNet_preprocessed), dataset_name)
     stamp_file = join(folder, FINGERPRINT_STAMP)
-    if label_free:
-        labeled_files = [f for k in sorted(label_free) for f in label_free[k]]
-    stamp = {"files": files_stamp(labeled_files), "dataset_json": {k: dataset_json[k] for k in sorted(dataset_json)
-                                                                   if k not in ("numUnlabeled",)}}
-    current = isfile(join(folder, "dataset_fingerprint.json")) and isfile(stamp_file) and load_json(stamp_file) == stamp
-    if current and not force:
+    fingerprint_file = join(folder, "dataset_fingerprint.json")
+    if fingerprint_is_current(dataset_name, labeled_files, dataset_json, label_free) and not force:
         print(f"Fingerprint of {dataset_name} is current; skipping its extraction.")
         return False
     maybe_mkdir_p(folder)
-    if label_free:
-        from semi_nnunet.planners.label_free import label_free_fingerprint
-        save_json_atomic(label_free_fingerprint(dataset_json, label_free, num_processes),
-                         join(folder, "dataset_fingerprint.json"))
-    else:
-        DatasetFingerprintExtractor(dataset_name, max(1, num_processes), verbose=False).run(overwrite_existing=True)
-    save_json_atomic(stamp, stamp_file)
+    if isfile(stamp_file):
+        os.remove(stamp_file)  # the stamp is written after a complete fingerprint only
+    suspects = label_free or labeled_cases or {}
+    try:
+        if label_free:
+            from semi_nnunet.planners.label_free import label_free_fingerprint
+            save_json_atomic(label_free_fingerprint(dataset_json, label_free, num_processes), fingerprint_file)
+        else:
+            DatasetFingerprintExtractor(dataset_name, max(1, num_processes), verbose=False).run(overwrite_existing=True)
+    except Exception:
+        if suspects:
+            _find_unreadable_or_nan(suspects, dataset_json)
+        raise
+    intensities = load_json(fingerprint_file).get("foreground_intensity_properties_per_channel", {})
+    if any(isinstance(v, float) and not math.isfinite(v) for ch in intensities.values() for v in ch.values()):
+        os.remove(fingerprint_file)
+        if suspects:
+            _find_unreadable_or_nan(suspects, dataset_json)
+        raise DatasetError("The dataset fingerprint has non-finite intensities: an image holds NaN or infinite "
+                           "values.", fingerprint_file,
+                           "run again with --verify_dataset_integrity to find the image, and replace its non-finite "
+                           "values.")
+    save_json_atomic(_fingerprint_stamp(labeled_files, dataset_json, label_free), stamp_file)
     return True
 
 
-def plan(dataset_name: str, planner: str = "ExperimentPlanner", plans_name: Optional[str] = None,
-         gpu_memory_target_in_gb: Optional[float] = None, preprocessor_name: str = "DefaultPreprocessor",
-         label_free: Optional[Dict[str, List[str]]] = None) -> str:
-    """nnU-Net's planner on the fingerprint (labeled cases; ``label_free``: these unlabeled cases when the dataset
-    has no labeled one). Returns the plans identifier."""
+def find_planner_class(planner: str) -> type:
+    """nnU-Net's planner class of that name, or a :class:`DatasetError` naming ``-pl``."""
     import nnunetv2
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
-    from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
     planner_class = recursive_find_python_class(join(nnunetv2.__path__[0], "experiment_planning"), planner,
                                                 current_module="nnunetv2.experiment_planning")
@@ -82,6 +130,17 @@ def plan(dataset_name: str, planner: str = "ExperimentPlanner", plans_name: Opti
         raise DatasetError(f"Unknown planner '{planner}'.", "-pl",
                            "use an nnU-Net planner class name, e.g. ExperimentPlanner, nnUNetPlannerResEncM, "
                            "nnUNetPlannerResEncL.")
+    return planner_class
+
+
+def plan(dataset_name: str, planner: str = "ExperimentPlanner", plans_name: Optional[str] = None,
+         gpu_memory_target_in_gb: Optional[float] = None, preprocessor_name: str = "DefaultPreprocessor",
+         label_free: Optional[Dict[str, List[str]]] = None) -> str:
+    """nnU-Net's planner on the fingerprint (labeled cases; ``label_free``: these unlabeled cases when the dataset
+    has no labeled one). Returns the plans identifier."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
+    planner_class = find_planner_class(planner)
     if label_free:
         from semi_nnunet.planners.label_free import label_free_planner
         planner_class = label_free_planner(planner_class, label_free)
@@ -140,30 +199,50 @@ def plan_and_preprocess(dataset_id, configurations: Sequence[str] = ("2d", "3d_f
                         gpu_memory_target_in_gb: Optional[float] = None, preprocess: bool = True,
                         show_progress: bool = True) -> dict:
     """The whole of ``semi_nnUNet_plan_and_preprocess``. Returns a summary (plans identifier, counts, folders)."""
-    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunetv2.paths import nnUNet_preprocessed
     if not nnUNet_preprocessed.is_set():
         raise DatasetError("The environment variable nnUNet_preprocessed is not set.", "environment",
                            "export nnUNet_preprocessed=/path/to/preprocessed.")
     num_processes = _default_num_processes() if num_processes is None else num_processes
     dataset_name = find_dataset_name(dataset_id)
-    raw_folder = join(str(nnUNet_raw), dataset_name)
+    preprocessed_folder = join(str(nnUNet_preprocessed), dataset_name)
+    created = not os.path.isdir(preprocessed_folder)
+    try:
+        return _plan_and_preprocess(dataset_name, configurations, planner, plans_name, verify_dataset_integrity,
+                                    num_processes, gpu_memory_target_in_gb, preprocess, show_progress)
+    except InputError:
+        if created:  # bad input found part-way (by nnU-Net's extractor or the preprocessor): no partial output
+            shutil.rmtree(preprocessed_folder, ignore_errors=True)
+        raise
 
-    # 1. every check before anything is written
+
+def _plan_and_preprocess(dataset_name: str, configurations: Sequence[str], planner: str, plans_name: Optional[str],
+                         verify_dataset_integrity: bool, num_processes: int,
+                         gpu_memory_target_in_gb: Optional[float], preprocess: bool, show_progress: bool) -> dict:
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    raw_folder = join(str(nnUNet_raw), dataset_name)
+    find_planner_class(planner)
+
+    # 1. every check before anything is written (label values whenever the labeled cases are new or changed)
     ds = check_semi_dataset(raw_folder, read_headers=True, read_pixels=verify_dataset_integrity)
     if verify_dataset_integrity:
         from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity as nnunet_verify
         nnunet_verify(raw_folder, max(1, num_processes))
     print(f"{dataset_name}: {len(ds.labeled)} labeled, {len(ds.unlabeled)} unlabeled cases.")
-
-    # 2. fingerprint + plans from labeled cases only (nnU-Net never looks at imagesUnlabeled/); a dataset without any
-    #    labeled case (e.g. for USL-Net) is planned from its unlabeled images (semi_nnunet.planners.label_free)
     if not ds.labeled and not ds.unlabeled:
         raise DatasetError("The dataset has no cases.", raw_folder, "put images into imagesTr/ (with labelsTr/) or "
                                                                     "imagesUnlabeled/.")
     label_free = None if ds.labeled else ds.unlabeled
     labeled_files = [f for k in sorted(ds.labeled) for f in ds.labeled[k] + [ds.labels[k]]]
-    extract_fingerprint_if_needed(dataset_name, labeled_files, ds.dataset_json, num_processes, label_free=label_free)
+    if not verify_dataset_integrity and not fingerprint_is_current(dataset_name, labeled_files, ds.dataset_json,
+                                                                   label_free):
+        check_label_values(ds, num_processes)
+
+    # 2. fingerprint + plans from labeled cases only (nnU-Net never looks at imagesUnlabeled/); a dataset without any
+    #    labeled case (e.g. for USL-Net) is planned from its unlabeled images (semi_nnunet.planners.label_free)
+    extract_fingerprint_if_needed(dataset_name, labeled_files, ds.dataset_json, num_processes, label_free=label_free,
+                                  labeled_cases=ds.labeled)
     plans_identifier = plan(dataset_name, planner, plans_name, gpu_memory_target_in_gb, label_free=label_free)
     preprocessed_folder = join(str(nnUNet_preprocessed), dataset_name)
     summary = {"dataset_name": dataset_name, "plans_identifier": plans_identifier, "configurations": {},
@@ -176,6 +255,11 @@ def plan_and_preprocess(dataset_id, configurations: Sequence[str] = ("2d", "3d_f
     dataset_json = load_json(join(preprocessed_folder, "dataset.json"))
     plans_manager = PlansManager(plans)
     available = plans_manager.available_configurations
+    unknown = [c for c in configurations if c not in available and c not in NNUNET_CONFIGURATIONS]
+    if unknown:
+        raise DatasetError(f"Configuration(s) {unknown} are neither in {plans_identifier}.json (available: "
+                           f"{available}) nor nnU-Net configurations.", "-c",
+                           f"use configurations of the plans, e.g. -c {' '.join(available)}.")
     for c in configurations:
         if c not in available:
             print(f"INFO: configuration {c} is not in {plans_identifier}.json of {dataset_name} "

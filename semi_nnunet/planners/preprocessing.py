@@ -18,12 +18,14 @@ import json
 import multiprocessing
 import os
 import shutil
+import time
 from typing import Dict, List, Optional, Tuple
 
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, maybe_mkdir_p
 from tqdm import tqdm
 
 from semi_nnunet.utilities.file_ops import save_json_atomic
+from semi_nnunet.utilities.raw_dataset import DatasetError
 
 # next to the preprocessed folders: nnU-Net infers a folder's format from every file in it
 STATE_FOLDER = ".semi_nnunet"
@@ -74,7 +76,13 @@ def _preprocess_one(preprocessor, output_folder: str, case: str, images: List[st
     maybe_mkdir_p(staging)
     truncated = join(staging, case)
     try:
-        preprocessor.run_case_save(truncated, images, label, plans_manager, configuration_manager, dataset_json)
+        try:
+            preprocessor.run_case_save(truncated, images, label, plans_manager, configuration_manager, dataset_json)
+        except Exception as e:  # nnU-Net's readers raise anything from AssertionError to OSError
+            raise DatasetError(f"Case '{case}' cannot be preprocessed ({type(e).__name__}: {e}).",
+                               _unreadable_file(images, label, plans_manager),
+                               "replace the file with an intact copy, or remove the case "
+                               "(--verify_dataset_integrity reads every file before preprocessing).") from None
         # the data file goes last: nnU-Net lists a folder's cases by their '.b2nd' data files
         for suffix in ("_seg.b2nd", ".pkl", ".b2nd"):
             os.replace(truncated + suffix, join(output_folder, case + suffix))
@@ -84,6 +92,17 @@ def _preprocess_one(preprocessor, output_folder: str, case: str, images: List[st
                 os.remove(truncated + suffix)
         raise
     return case
+
+
+def _unreadable_file(images: List[str], label: Optional[str], plans_manager) -> str:
+    """The first of a case's files that nnU-Net's reader cannot read (the first image when all can)."""
+    rw = plans_manager.image_reader_writer_class()
+    for f in images + ([label] if label else []):
+        try:
+            rw.read_seg(f) if f == label else rw.read_images([f])
+        except Exception:
+            return f
+    return images[0]
 
 
 def _preprocess_one_star(args) -> str:
@@ -127,11 +146,15 @@ def preprocess_cases(cases: Dict[str, Tuple[List[str], Optional[str]]], output_f
                  dataset_json) for k in todo]
         with tqdm(total=len(todo), desc=f"Preprocessing {desc} ({configuration})",
                   disable=not show_progress) as bar:
+            done, last_save = [], [time.time()]
+
             def finished(k):
                 manifest[k] = wanted[k]
+                done.append(k)
                 bar.update()
-                if bar.n % 50 == 0:
+                if len(done) % 50 == 0 or time.time() - last_save[0] > 10:  # what a killed run need not redo
                     save_json_atomic(manifest, manifest_file)
+                    last_save[0] = time.time()
 
             try:
                 if num_processes <= 1:
@@ -142,6 +165,7 @@ def preprocess_cases(cases: Dict[str, Tuple[List[str], Optional[str]]], output_f
                         for k in pool.imap_unordered(_preprocess_one_star, jobs):
                             finished(k)
             finally:
-                save_json_atomic(manifest, manifest_file)
+                if done or removed:  # a run that finished no case leaves the manifest as it was
+                    save_json_atomic(manifest, manifest_file)
     shutil.rmtree(staging, ignore_errors=True)
     return {"done": len(todo), "skipped": skipped, "removed": removed}

@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from semi_nnunet.utilities.raw_dataset import DatasetError
+from semi_nnunet.utilities.errors import InputError
 
 
 def main(argv=None) -> None:
@@ -28,7 +28,7 @@ def main(argv=None) -> None:
         for d in args.d:
             plan_and_preprocess(d, args.c, args.pl, args.overwrite_plans_name, args.verify_dataset_integrity,
                                 args.np, args.gpu_memory_target, not args.no_pp, not args.no_progress)
-    except DatasetError as e:
+    except InputError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -15,7 +15,7 @@ checks run before anything is written.
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json
 
@@ -65,6 +65,11 @@ def load_dataset_json(raw_folder: str) -> dict:
     if missing:
         raise DatasetError(f"dataset.json lacks the required key(s) {missing}.", path,
                            "add them; see documentation/dataset_format.md for an example.")
+    values = label_values(dataset_json, path)
+    if values != list(range(len(values))):
+        raise DatasetError(f"The label values in dataset.json are {values}; nnU-Net needs them consecutive from 0 "
+                           f"(0, 1, 2, ...).", path,
+                           "renumber the labels in \"labels\" (and the values in the label files) to 0, 1, 2, ...")
     ending = dataset_json["file_ending"]
     if ending.lower() not in supported_file_endings():
         raise DatasetError(f"file_ending '{ending}' is not one nnU-Net can read.", path,
@@ -106,20 +111,40 @@ def list_cases(folder: str, file_ending: str, num_channels: int) -> Dict[str, Li
     return result
 
 
-def read_header_check(case: str, files: List[str], num_channels: int) -> None:
-    """Open each file's header (SimpleITK, no pixel data): readable, channel components add up, same grid."""
+def label_values(dataset_json: dict, path: str = "dataset.json") -> List[int]:
+    """The values a label file may hold: every label (regions: every value of a region) and the ignore label."""
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+    try:
+        lm = LabelManager(dataset_json["labels"], regions_class_order=dataset_json.get("regions_class_order"))
+        values = sorted({int(v) for v in lm.all_labels} | ({int(lm.ignore_label)} if lm.has_ignore_label else set()))
+    except (AssertionError, TypeError, ValueError, KeyError, AttributeError) as e:
+        raise DatasetError(f"dataset.json's \"labels\" cannot be used ({type(e).__name__}: {e}).", path,
+                           "give \"labels\" as {\"background\": 0, \"name\": 1, ...} (documentation/dataset_format.md)."
+                           ) from None
+    return values
+
+
+def _read_information(case: str, f: str, what: str = "Image"):
     import SimpleITK as sitk
-    sizes, components = [], 0
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(f)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+        raise DatasetError(f"{what} of case '{case}' cannot be read ({first}).", f,
+                           "replace the file with an intact copy, or remove the case.") from None
+    return reader
+
+
+def read_header_check(case: str, files: List[str], num_channels: int) -> Tuple[tuple, tuple]:
+    """Open each file's header (SimpleITK, no pixel data): readable, channel components add up, same grid.
+    Returns the case's grid: (size, spacing)."""
+    sizes, components, spacing = [], 0, None
     for f in files:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(f)
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
-            raise DatasetError(f"Image of case '{case}' cannot be read ({first}).", f,
-                               "replace the file with an intact copy, or remove the case.") from None
+        reader = _read_information(case, f)
         sizes.append(tuple(reader.GetSize()))
+        spacing = spacing or tuple(reader.GetSpacing())
         components += reader.GetNumberOfComponents()
     if components != num_channels:
         raise DatasetError(f"Case '{case}' has {components} channel(s); dataset.json's channel_names lists "
@@ -129,10 +154,60 @@ def read_header_check(case: str, files: List[str], num_channels: int) -> None:
     if len(set(sizes)) > 1:
         raise DatasetError(f"The channels of case '{case}' have different sizes {sizes}.", files[-1],
                            "resample all channels of a case onto one grid.")
+    return sizes[0], spacing
+
+
+def label_header_check(case: str, label: str, grid: Tuple[tuple, tuple]) -> None:
+    """The label's header: readable, one component, the image's size and spacing (nnU-Net's own tolerance)."""
+    import numpy as np
+    reader = _read_information(case, label, "The label")
+    if reader.GetNumberOfComponents() != 1:
+        raise DatasetError(f"The label of case '{case}' has {reader.GetNumberOfComponents()} components (a colour "
+                           f"image?); a label map has one.", label,
+                           "save the label as a single-channel image of integer label values.")
+    size, spacing = tuple(reader.GetSize()), tuple(reader.GetSpacing())
+    if size != grid[0]:
+        raise DatasetError(f"The label of case '{case}' has size {size}, its image {grid[0]}.", label,
+                           "give image and label the same grid (resample the label onto the image, or crop both "
+                           "alike).")
+    if not np.allclose(spacing, grid[1]):
+        raise DatasetError(f"The label of case '{case}' has spacing {spacing}, its image {grid[1]}.", label,
+                           "give image and label the same spacing (copy the image's header geometry to the label).")
+
+
+def check_label_values(ds: "SemiDataset", num_threads: int = 1) -> None:
+    """Read every label fully with nnU-Net's reader: readable, and only values that dataset.json's labels list."""
+    import numpy as np
+    from concurrent.futures import ThreadPoolExecutor
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    if not ds.labels:
+        return
+    json_path = join(ds.folder, "dataset.json")
+    allowed = label_values(ds.dataset_json, json_path)
+    first = next(iter(ds.labeled.values()))[0]
+    rw = determine_reader_writer_from_dataset_json(ds.dataset_json, first, verbose=False)
+
+    def values(item):
+        case, label = item
+        try:
+            seg, _ = rw().read_seg(label)
+        except Exception as e:  # the readers raise anything from AssertionError to OSError
+            raise DatasetError(f"The label of case '{case}' cannot be read ({type(e).__name__}: {e}).", label,
+                               "replace the file with an intact copy, or remove the case.") from None
+        return case, label, np.unique(seg)
+
+    with ThreadPoolExecutor(max(1, num_threads)) as pool:
+        for case, label, found in pool.map(values, sorted(ds.labels.items())):
+            bad = [int(v) if float(v).is_integer() else float(v) for v in found if v not in allowed]
+            if bad:
+                raise DatasetError(f"The label of case '{case}' holds value(s) {bad[:10]} that dataset.json's "
+                                   f"\"labels\" does not list (allowed: {allowed}).", label,
+                                   f"fix the label file, or add the missing label(s) to \"labels\" in {json_path}.")
 
 
 def read_full_check(case: str, files: List[str], reader_writer_class) -> None:
-    """Read the pixels with nnU-Net's reader (what preprocessing does): catches truncated files and NaNs."""
+    """Read the pixels with nnU-Net's reader (what preprocessing does): catches truncated files, NaNs and blank
+    (constant) images."""
     import numpy as np
     try:
         data, _ = reader_writer_class().read_images(files)
@@ -142,6 +217,12 @@ def read_full_check(case: str, files: List[str], reader_writer_class) -> None:
     if not np.all(np.isfinite(data)):
         raise DatasetError(f"Image of case '{case}' contains NaN or infinite values.", files[0],
                            "replace non-finite values (e.g. with the image minimum) before preprocessing.")
+    for c, channel in enumerate(data):
+        if channel.size and channel.min() == channel.max():
+            raise DatasetError(f"Image of case '{case}' is constant (channel {c}: every pixel is "
+                               f"{channel.flat[0].item()}); it carries no information.",
+                               files[min(c, len(files) - 1)],
+                               "remove the case, or replace the file if it should not be blank.")
 
 
 def _check_unique_ids(labeled: Dict[str, List[str]], unlabeled: Dict[str, List[str]]) -> None:
@@ -172,8 +253,10 @@ def _check_classes(dataset_json: dict, path: str, known: set) -> None:
 def check_semi_dataset(raw_folder: str, read_headers: bool = True, read_pixels: bool = False) -> SemiDataset:
     """Check a raw semi-supervised dataset and return its cases. Raises :class:`DatasetError` on bad input.
 
-    ``read_headers`` opens every unlabeled image's header (cheap); ``read_pixels`` reads every unlabeled image
-    fully with nnU-Net's reader (what ``--verify_dataset_integrity`` asks for).
+    ``read_headers`` opens the header of every image and label (cheap): channels, image/label grids. ``read_pixels``
+    reads every image and label fully with nnU-Net's reader (what ``--verify_dataset_integrity`` asks for): NaNs,
+    blank images, label values (:func:`check_label_values`, which plan_and_preprocess also runs whenever the
+    labeled cases changed).
     """
     dataset_json = load_dataset_json(raw_folder)
     json_path = join(raw_folder, "dataset.json")
@@ -212,14 +295,17 @@ def check_semi_dataset(raw_folder: str, read_headers: bool = True, read_pixels: 
     _check_classes(dataset_json, json_path, set(ds.labeled) | set(ds.unlabeled) | test_ids)
 
     if read_headers:
+        for case, files in ds.labeled.items():
+            label_header_check(case, ds.labels[case], read_header_check(case, files, n_ch))
         for case, files in ds.unlabeled.items():
             read_header_check(case, files, n_ch)
-    if read_pixels and ds.unlabeled:
+    if read_pixels and (ds.labeled or ds.unlabeled):
         from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
-        rw = determine_reader_writer_from_dataset_json(dataset_json, next(iter(ds.unlabeled.values()))[0],
-                                                       verbose=False)
-        for case, files in ds.unlabeled.items():
+        first = next(iter({**ds.labeled, **ds.unlabeled}.values()))[0]
+        rw = determine_reader_writer_from_dataset_json(dataset_json, first, verbose=False)
+        for case, files in {**ds.labeled, **ds.unlabeled}.items():
             read_full_check(case, files, rw)
+        check_label_values(ds)
     return ds
 
 

@@ -129,9 +129,9 @@ def test_nan_in_unlabeled_image_found_by_pixel_check(tmp_path):
     folder = str(tmp_path / "Dataset906_Nan")
     for sub in ("imagesTr", "labelsTr", UNLABELED_FOLDER):
         os.makedirs(join(folder, sub))
-    arr = np.ones((4, 5, 6), np.float32)
+    arr = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)  # not blank: the pixel check refuses those
     sitk.WriteImage(sitk.GetImageFromArray(arr), join(folder, "imagesTr", "a_0000.mha"))
-    sitk.WriteImage(sitk.GetImageFromArray(arr.astype(np.uint8)), join(folder, "labelsTr", "a.mha"))
+    sitk.WriteImage(sitk.GetImageFromArray((arr > 50).astype(np.uint8)), join(folder, "labelsTr", "a.mha"))
     arr[1, 2, 3] = np.nan
     bad = join(folder, UNLABELED_FOLDER, "u_0000.mha")
     sitk.WriteImage(sitk.GetImageFromArray(arr), bad)
