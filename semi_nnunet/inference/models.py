@@ -48,6 +48,14 @@ def member_from_names(dataset, configuration: str, trainer: str, plans: str = "n
         raise PredictionError(f"Dataset '{dataset}' is not known to nnU-Net ({e}).", f"-d {dataset}",
                               "give the dataset id or name of a trained dataset (check nnUNet_raw / nnUNet_results)."
                               ) from None
+    if stage and not isdir(folder):
+        parent, tail = os.path.dirname(folder), f"__{plans}__{configuration}"
+        trained = sorted(int(d[len(trainer) + 6:-len(tail)]) for d in (os.listdir(parent) if isdir(parent) else [])
+                         if d.startswith(trainer + "_stage") and d.endswith(tail)
+                         and d[len(trainer) + 6:-len(tail)].isdigit())
+        raise PredictionError(f"Stage {stage} of {trainer} ({configuration}) was not trained.", f"--stage {stage}",
+                              f"use a trained stage (0{''.join(f', {k}' for k in trained)}), or train it with "
+                              f"semi_nnUNet_train {dataset} {configuration} {trainer} --stages {stage}.")
     return Member(folder, list(folds), checkpoint)
 
 
@@ -113,7 +121,44 @@ def check_member(member: Member) -> Member:
             raise PredictionError(f"Fold {f} has no {member.checkpoint}.", path,
                                   f"train fold {f} to the end, use the folds that have it ({available or 'none'}), or "
                                   f"choose another checkpoint with --chk.")
+    check_checkpoints(folder, folds, member.checkpoint)
     return Member(folder, [int(f) if str(f).isdigit() else f for f in folds], member.checkpoint)
+
+
+def check_checkpoints(folder: str, folds: Sequence[Fold], checkpoint_name: str) -> None:
+    """Every fold's checkpoint reads with the restricted unpickler (memory-mapped: the weights are not read), comes
+    from one trainer and configuration, and was trained on the dataset of the folder's plans.json; nnU-Net's
+    predictor (which unpickles in full) is only given checkpoints that pass."""
+    from semi_nnunet.run.train_api import TrainingError, find_trainer_class
+    from semi_nnunet.utilities.checkpoints import checkpoint_dataset, load_checkpoint_file
+    plans = load_json(join(folder, "plans.json"))
+    first = None
+    for f in folds:
+        path = join(folder, f"fold_{f}", checkpoint_name)
+        ckpt = load_checkpoint_file(path, mmap=True, fix=f"retrain fold {f} (semi_nnUNet_train ... --c continues an "
+                                                         f"interrupted one), or leave it out with -f.")
+        trainer, config = ckpt.get("trainer_name"), (ckpt.get("init_args") or {}).get("configuration")
+        trained_on = checkpoint_dataset(ckpt)
+        if trained_on is not None and trained_on != plans.get("dataset_name"):
+            raise PredictionError(f"Fold {f} was trained on {trained_on}, but the model folder's plans.json is for "
+                                  f"{plans.get('dataset_name')}.", path,
+                                  "put only folds of this model into its folder (copied from another model?), or "
+                                  "leave the fold out with -f.")
+        if config is not None and config not in plans.get("configurations", {}):
+            raise PredictionError(f"Fold {f} was trained with configuration '{config}', which the model folder's "
+                                  f"plans.json lacks.", path, "leave the fold out with -f, or retrain it.")
+        if first is None:
+            first = (f, trainer, config)
+            try:
+                find_trainer_class(trainer)
+            except TrainingError:
+                raise PredictionError(f"Fold {f} names trainer '{trainer}', which is not installed.", path,
+                                      "install the package that defines it (or put it on nnUNet_extTrainer).") from None
+        elif (trainer, config) != first[1:]:
+            raise PredictionError(f"Fold {f} was trained by {trainer} ({config}), fold {first[0]} by {first[1]} "
+                                  f"({first[2]}).", path,
+                                  "ensemble different models as separate members (-m A B or --spec), not as folds "
+                                  "of one folder.")
 
 
 def check_members(members: Sequence[Member], dataset=None) -> List[Member]:

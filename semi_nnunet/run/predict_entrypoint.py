@@ -3,7 +3,7 @@ import argparse
 import sys
 
 from semi_nnunet.inference.models import PredictionError
-from semi_nnunet.utilities.raw_dataset import DatasetError
+from semi_nnunet.utilities.errors import InputError
 
 
 def main(argv=None) -> None:
@@ -60,7 +60,7 @@ def main(argv=None) -> None:
             raise PredictionError("No model given.", "arguments", "give -d/-c/-tr, -m MODEL_DIR or --spec FILE.")
         done = predict(args.i, args.o, members, args.d, args.save_probabilities, not args.disable_tta, args.average,
                        args.device, args.overwrite)
-    except (PredictionError, DatasetError) as e:
+    except InputError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(2)
     print(f"Predicted {len(done)} case(s) into {args.o}")

@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from semi_nnunet.utilities.raw_dataset import DatasetError
+from semi_nnunet.utilities.errors import InputError
 
 
 def main(argv=None) -> None:
@@ -38,15 +38,19 @@ def main(argv=None) -> None:
     parser.add_argument("--finetune", action="store_true",
                         help="staged trainers: start each stage from the same fold's previous-stage model instead of "
                              "a freshly initialised network")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed Python, numpy and torch before each fold's trainer is built; with "
+                             "nnUNet_n_proc_DA=0 on one device two runs give the same weights "
+                             "(documentation/reliability.md)")
     args = parser.parse_args(argv)
 
-    from semi_nnunet.run.train_api import TrainingError, train, with_optimizer
+    from semi_nnunet.run.train_api import train, with_optimizer
     try:
         outputs = train(args.dataset, args.configuration, with_optimizer(args.trainer, args.optimizer),
                         args.folds or None, args.p, args.device,
                         args.c, args.val, args.npz, args.num_gpus, args.pretrained_weights, args.val_best,
-                        args.stages, args.dry_run, args.parallel, args.stop_agreement, args.finetune)
-    except (TrainingError, DatasetError) as e:
+                        args.stages, args.dry_run, args.parallel, args.stop_agreement, args.finetune, args.seed)
+    except InputError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(2)
     print("Trained models:\n  " + "\n  ".join(outputs))

@@ -95,7 +95,8 @@ def _pretrained(step: Step, previous_model: Optional[str]) -> Optional[str]:
 
 
 def _train_in_subprocesses(steps: List[Step], dataset_name: str, configuration: str, plans_identifier: str,
-                           device: str, parallel: int, previous_model: Optional[str] = None) -> None:
+                           device: str, parallel: int, previous_model: Optional[str] = None,
+                           seed: Optional[int] = None) -> None:
     """Train ``steps`` (one stage, different folds) in up to ``parallel`` processes (one GPU each on CUDA)."""
     import os
     import queue
@@ -117,6 +118,7 @@ def _train_in_subprocesses(steps: List[Step], dataset_name: str, configuration: 
                    step.trainer, str(step.fold), "-p", plans_identifier, "-device", device, "--stages", "0"]
             pretrained = _pretrained(step, previous_model)
             extra = ["--c"] if latest else (["-pretrained_weights", pretrained] if pretrained else [])
+            extra += ["--seed", str(seed)] if seed is not None else []
             subprocess.run(cmd + extra, env=env, check=True)
         finally:
             slots.put(slot)
@@ -130,12 +132,14 @@ def run_stages(dataset, configuration: str, trainer: str, folds: Optional[Sequen
                stages: Optional[int] = None, plans_identifier: str = "nnUNetPlans", device: str = "cuda",
                checkpoint_name: str = "checkpoint_final.pth", use_mirroring: bool = False, num_gpus: int = 1,
                train_fn=None, dry_run: bool = False, parallel: int = 1,
-               stop_agreement: Optional[float] = None, finetune: bool = False) -> List[str]:
+               stop_agreement: Optional[float] = None, finetune: bool = False,
+               seed: Optional[int] = None) -> List[str]:
     """Run (or continue) the staged pipeline of ``trainer``; returns the final stage's model folders per fold.
 
     ``dry_run`` prints the plan (what is done, what is to do) and runs nothing. ``parallel`` trains the folds of a
     stage in that many processes (one GPU each with CUDA). ``stop_agreement`` stops early once the pseudo-labels of
-    a stage agree with the previous stage's (mean foreground Dice over cases and folds) at least that much."""
+    a stage agree with the previous stage's (mean foreground Dice over cases and folds) at least that much.
+    ``seed``: passed to the trainings run in subprocesses (``train_fn`` binds its own)."""
     from semi_nnunet.planners.plan_and_preprocess_api import find_dataset_name, get_unlabeled_folder
     from semi_nnunet.run.train_api import find_trainer_class, folds_from_splits, train
     from semi_nnunet.stages.pseudo_labels import predict_pseudo_labels
@@ -180,7 +184,7 @@ def run_stages(dataset, configuration: str, trainer: str, folds: Optional[Sequen
             print(step.describe(True))
         if parallel > 1 and len(todo) > 1:
             _train_in_subprocesses(todo, dataset_name, configuration, plans_identifier, device, parallel,
-                                   previous_model)
+                                   previous_model, seed)
         else:
             for step in todo:
                 latest = isfile(join(step.model_folder, f"fold_{step.fold}", "checkpoint_latest.pth"))
