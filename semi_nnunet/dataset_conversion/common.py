@@ -25,7 +25,7 @@ from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from semi_nnunet.utilities.file_ops import atomic_path
+from semi_nnunet.utilities.file_ops import atomic_path, umask
 from semi_nnunet.utilities.raw_dataset import DatasetError
 
 SPLITS = ("labeled", "unlabeled", "test")
@@ -243,14 +243,8 @@ class OutputFolder:
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(self.staging, self.final)
-        os.chmod(self.final, 0o777 & ~_umask())
+        os.chmod(self.final, 0o777 & ~umask())
         return False
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def sanitize_case_id(stem: str) -> str:

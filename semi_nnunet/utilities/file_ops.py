@@ -11,9 +11,17 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(target: str) -> Iterator[str]:
-    """Yield a temporary path next to ``target``; on success it is renamed onto ``target``, on error removed."""
+    """Yield a temporary path next to ``target``; on success it is renamed onto ``target``, on error removed.
+    The file gets the permissions a plain ``open`` would give it (``mkstemp`` makes it owner-only), unless the
+    writer set others (``shutil.copy2`` copies the source's)."""
     folder = os.path.dirname(os.path.abspath(target))
     os.makedirs(folder, exist_ok=True)
     suffix = os.path.basename(target)
@@ -21,6 +29,8 @@ def atomic_path(target: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        if os.path.isfile(tmp) and os.stat(tmp).st_mode & 0o777 == 0o600:
+            os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
