@@ -197,8 +197,11 @@ def plan_and_preprocess(dataset_id, configurations: Sequence[str] = ("2d", "3d_f
                         planner: str = "ExperimentPlanner", plans_name: Optional[str] = None,
                         verify_dataset_integrity: bool = False, num_processes: Optional[int] = None,
                         gpu_memory_target_in_gb: Optional[float] = None, preprocess: bool = True,
-                        show_progress: bool = True) -> dict:
-    """The whole of ``semi_nnUNet_plan_and_preprocess``. Returns a summary (plans identifier, counts, folders)."""
+                        show_progress: bool = True, replace_plans: bool = False) -> dict:
+    """The whole of ``semi_nnUNet_plan_and_preprocess``. Returns a summary (plans identifier, counts, folders).
+
+    Plans that exist under the same identifier and come out different (other settings, or changed labeled data) are
+    kept and the run refused, unless ``replace_plans``: they are what the trainings from them use."""
     from nnunetv2.paths import nnUNet_preprocessed
     if not nnUNet_preprocessed.is_set():
         raise DatasetError("The environment variable nnUNet_preprocessed is not set.", "environment",
@@ -209,7 +212,8 @@ def plan_and_preprocess(dataset_id, configurations: Sequence[str] = ("2d", "3d_f
     created = not os.path.isdir(preprocessed_folder)
     try:
         return _plan_and_preprocess(dataset_name, configurations, planner, plans_name, verify_dataset_integrity,
-                                    num_processes, gpu_memory_target_in_gb, preprocess, show_progress)
+                                    num_processes, gpu_memory_target_in_gb, preprocess, show_progress,
+                                    replace_plans)
     except InputError:
         if created:  # bad input found part-way (by nnU-Net's extractor or the preprocessor): no partial output
             shutil.rmtree(preprocessed_folder, ignore_errors=True)
@@ -218,7 +222,8 @@ def plan_and_preprocess(dataset_id, configurations: Sequence[str] = ("2d", "3d_f
 
 def _plan_and_preprocess(dataset_name: str, configurations: Sequence[str], planner: str, plans_name: Optional[str],
                          verify_dataset_integrity: bool, num_processes: int,
-                         gpu_memory_target_in_gb: Optional[float], preprocess: bool, show_progress: bool) -> dict:
+                         gpu_memory_target_in_gb: Optional[float], preprocess: bool, show_progress: bool,
+                         replace_plans: bool) -> dict:
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     raw_folder = join(str(nnUNet_raw), dataset_name)
@@ -241,10 +246,13 @@ def _plan_and_preprocess(dataset_name: str, configurations: Sequence[str], plann
 
     # 2. fingerprint + plans from labeled cases only (nnU-Net never looks at imagesUnlabeled/); a dataset without any
     #    labeled case (e.g. for USL-Net) is planned from its unlabeled images (semi_nnunet.planners.label_free)
+    preprocessed_folder = join(str(nnUNet_preprocessed), dataset_name)
+    before = _json_files(preprocessed_folder)
     extract_fingerprint_if_needed(dataset_name, labeled_files, ds.dataset_json, num_processes, label_free=label_free,
                                   labeled_cases=ds.labeled)
     plans_identifier = plan(dataset_name, planner, plans_name, gpu_memory_target_in_gb, label_free=label_free)
-    preprocessed_folder = join(str(nnUNet_preprocessed), dataset_name)
+    if not replace_plans:
+        _refuse_changed_plans(preprocessed_folder, plans_identifier, before)
     summary = {"dataset_name": dataset_name, "plans_identifier": plans_identifier, "configurations": {},
                "num_labeled": len(ds.labeled), "num_unlabeled": len(ds.unlabeled)}
     if not preprocess:
@@ -281,6 +289,48 @@ def _plan_and_preprocess(dataset_name: str, configurations: Sequence[str], plann
     copy_gt_segmentations(preprocessed_folder, ds.labels, ds.dataset_json["file_ending"])
     summary["splits_file"] = write_splits(preprocessed_folder, list(ds.labeled), list(ds.unlabeled))
     return summary
+
+
+def _json_files(folder: str) -> Dict[str, bytes]:
+    """The bytes of the JSON files (plans, fingerprint and its stamp, dataset.json, splits) directly in ``folder``."""
+    files = {}
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if name.endswith(".json") and isfile(join(folder, name)):
+            with open(join(folder, name), "rb") as f:
+                files[name] = f.read()
+    return files
+
+
+def _plans_differences(old: dict, new: dict) -> List[str]:
+    changed = [k for k in sorted(set(old) | set(new)) if k != "configurations" and old.get(k) != new.get(k)]
+    old_c, new_c = old.get("configurations", {}), new.get("configurations", {})
+    for c in sorted(set(old_c) | set(new_c)):
+        keys = sorted(k for k in set(old_c.get(c, {})) | set(new_c.get(c, {}))
+                      if old_c.get(c, {}).get(k) != new_c.get(c, {}).get(k))
+        if keys:
+            changed.append(f"{c} ({', '.join(keys)})")
+    return changed
+
+
+def _refuse_changed_plans(folder: str, plans_identifier: str, before: Dict[str, bytes]) -> None:
+    """Plans that existed before this run and came out different: put back every JSON file this run rewrote
+    (plans, fingerprint, stamp, dataset.json) and refuse."""
+    import json
+    name = plans_identifier + ".json"
+    if name not in before:
+        return
+    changes = _plans_differences(json.loads(before[name]), load_json(join(folder, name)))
+    if not changes:
+        return
+    from semi_nnunet.utilities.file_ops import atomic_path
+    for other, content in before.items():
+        with atomic_path(join(folder, other)) as tmp, open(tmp, "wb") as f:
+            f.write(content)
+    raise DatasetError(f"{name} exists, and this run would plan differently ({'; '.join(changes)}): other settings, "
+                       f"or changed labeled cases. The plans (and the trainings that use them) are kept.",
+                       join(folder, name),
+                       "plan beside them under a new name with -overwrite_plans_name NAME, or replace them with "
+                       "--replace_plans (their preprocessed data is redone where it changes).")
 
 
 def get_unlabeled_folder(dataset_name: str, plans_identifier: str, configuration: str) -> str:

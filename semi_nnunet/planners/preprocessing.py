@@ -37,12 +37,19 @@ def unlabeled_folder_name(data_identifier: str) -> str:
     return data_identifier + "_unlabeled"
 
 
+# the entries of a configuration that change its preprocessed cases (not patch or batch size, not the architecture:
+# nnU-Net's ResEnc plans share the default plans' preprocessed data)
+PREPROCESSING_KEYS = ("preprocessor_name", "spacing", "normalization_schemes", "use_mask_for_norm",
+                      "resampling_fn_data", "resampling_fn_seg", "resampling_fn_data_kwargs",
+                      "resampling_fn_seg_kwargs")
+
+
 def configuration_stamp(plans: dict, configuration: str, dataset_json: dict) -> str:
     """Hash of everything in the plans that changes a preprocessed case of ``configuration``."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     cm = PlansManager(plans).get_configuration(configuration)
     relevant = {
-        "configuration": cm.configuration,
+        "configuration": {k: cm.configuration.get(k) for k in PREPROCESSING_KEYS},
         "transpose_forward": plans.get("transpose_forward"),
         "intensity": plans.get("foreground_intensity_properties_per_channel"),
         "labels": dataset_json.get("labels"),

@@ -21,13 +21,17 @@ def main(argv=None) -> None:
     parser.add_argument("-np", type=int, default=None, help="worker processes (default: nnU-Net's default)")
     parser.add_argument("--no_pp", action="store_true", help="plan only, do not preprocess")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    parser.add_argument("--replace_plans", action="store_true",
+                        help="replace existing plans of the same name that this run would plan differently (default: "
+                             "refuse, so trainings from them keep their plans; or use -overwrite_plans_name)")
     args = parser.parse_args(argv)
 
     from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
     try:
         for d in args.d:
             plan_and_preprocess(d, args.c, args.pl, args.overwrite_plans_name, args.verify_dataset_integrity,
-                                args.np, args.gpu_memory_target, not args.no_pp, not args.no_progress)
+                                args.np, args.gpu_memory_target, not args.no_pp, not args.no_progress,
+                                args.replace_plans)
     except InputError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(2)

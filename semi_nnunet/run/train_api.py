@@ -117,9 +117,11 @@ def remove_stale_temporaries(folder: str) -> None:
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")  # nnU-Net's order for --c
 
 
-def check_checkpoint_to_continue(output_folder: str, trainer: str, dataset_name: str, configuration: str) -> None:
+def check_checkpoint_to_continue(output_folder: str, trainer: str, dataset_name: str, configuration: str,
+                                 plans_file: str) -> None:
     """The checkpoint ``--c`` would continue from (nnU-Net: final, else latest, else best) is intact, safe to load,
-    and was written by this trainer for this dataset and configuration."""
+    was written by this trainer for this dataset and configuration, and with the plans the training would use now."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from semi_nnunet.utilities.checkpoints import checkpoint_dataset, load_checkpoint_file
     present = [n for n in CHECKPOINTS if isfile(join(output_folder, n))]
     if not present:
@@ -139,6 +141,15 @@ def check_checkpoint_to_continue(output_folder: str, trainer: str, dataset_name:
         raise TrainingError(f"The checkpoint belongs to {trained_on} {config}, not to {dataset_name} "
                             f"{configuration}.", path,
                             "move the fold folder away (it was copied from another model) and train again.")
+    started_with = (checkpoint.get("init_args") or {}).get("plans")
+    then, now = (PlansManager(p).get_configuration(configuration).configuration if p else {}
+                 for p in (started_with, plans_file))
+    changed = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k)) if started_with else []
+    if changed:
+        raise TrainingError(f"The plans changed since this training started ({configuration}: {', '.join(changed)}).",
+                            plans_file, f"put back the plans the training started with (they are in "
+                                        f"{os.path.dirname(output_folder)}/plans.json), or move the fold folder away "
+                                        f"and train again.")
 
 
 def check_pretrained_weights(path: str) -> None:
@@ -238,7 +249,7 @@ def train(dataset: Union[int, str], configuration: str, trainer: str = "nnUNetTr
     output_folders = {f: get_output_folder(dataset_name, trainer, plans_identifier, configuration, f) for f in folds}
     for f, folder in output_folders.items():
         if continue_training:
-            check_checkpoint_to_continue(folder, trainer, dataset_name, configuration)
+            check_checkpoint_to_continue(folder, trainer, dataset_name, configuration, plans_file)
         if only_run_validation:
             name = "checkpoint_best.pth" if val_with_best else "checkpoint_final.pth"
             if not isfile(join(folder, name)):
