@@ -46,3 +46,9 @@ class SemiCervixTrainer_demo(SemiCervixTrainer):
 class SemiCervixTrainer_softmax_demo(SemiCervixTrainer_softmax):
     """The softmax-space consistency on the demo's CPU budget (benchmark comparison with SemiCervixTrainer_demo)."""
     schedule = nnUNetTrainer_demo.schedule
+
+
+class MeanTeacherTrainer_ema90(MeanTeacherTrainer):
+    """A teacher with a ~10-step horizon (EMA decay 0.9 instead of 0.99) for very short budgets: at 0.99 the teacher of
+    a 120-iteration run averages most of the run, i.e. an early, worse student (label-efficiency benchmark)."""
+    ema_decay = 0.9
