@@ -54,7 +54,14 @@ def plots(results: dict, folder: str) -> List[str]:
     import matplotlib
     matplotlib.use("agg")
     import matplotlib.pyplot as plt
+    # nnU-Net's logger sets a seaborn style with very large fonts when it is imported; draw with matplotlib's defaults
+    with plt.style.context("default"):
+        return _plots(results, folder, plt)
+
+
+def _plots(results: dict, folder: str, plt) -> List[str]:
     import numpy as np
+    from matplotlib.ticker import NullFormatter
     written = []
     for subset in results["subsets"]:
         methods = subset["methods"]
@@ -77,6 +84,7 @@ def plots(results: dict, folder: str) -> List[str]:
             ax.errorbar(ns, means, yerr=stds, marker="o", capsize=3, label=name)
         ax.set_xscale("log")
         ax.set_xticks(ns, [str(n) for n in ns])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("labeled cases")
         ax.set_ylabel("test Dice (mean ± std)")
         ax.legend(fontsize=7)
