@@ -64,8 +64,9 @@ def find_trainer_class(name: str) -> type:
         close = difflib.get_close_matches(name, list(ours) + _nnunet_trainer_names(), n=5, cutoff=0.5)
         hint = f"close matches: {', '.join(close)}" if close else \
             f"semi_nnunet trainers: {', '.join(sorted(ours))}"
-        raise TrainingError(f"Unknown trainer '{name}'.", "trainer argument",
-                            f"use a trainer class name ({hint}).") from None
+        raise TrainingError(f"Unknown trainer '{name}' ({hint}).", "trainer argument",
+                            "give a trainer class name of semi_nnunet or nnU-Net (documentation/training.md lists "
+                            "ours).") from None
 
 
 def folds_from_splits(dataset_name: str) -> List[int]:

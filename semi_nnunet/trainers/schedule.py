@@ -2,7 +2,9 @@
 
 nnU-Net sets ``num_epochs`` and friends inside ``nnUNetTrainer.__init__``; a class attribute alone would be
 overwritten. :class:`ScheduleMixin` applies the class-level ``schedule`` after nnU-Net's ``__init__``, once, here,
-instead of every variant copying an ``__init__``.
+instead of every variant copying an ``__init__``. It also writes nnU-Net's checkpoints atomically (a kill while one is
+written leaves the previous one intact), for the variants of nnU-Net's own trainers (``nnUNetTrainer_demo``, budget
+variants); the semi-supervised trainers write theirs atomically themselves.
 """
 from typing import Dict
 
@@ -21,3 +23,10 @@ class ScheduleMixin:
             if not hasattr(self, key):
                 raise AttributeError(f"{type(self).__name__}.schedule sets '{key}', which the trainer does not have")
             setattr(self, key, value)
+
+    def save_checkpoint(self, filename: str) -> None:
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return super().save_checkpoint(filename)
+        from semi_nnunet.utilities.file_ops import atomic_path
+        with atomic_path(filename) as tmp:
+            super().save_checkpoint(tmp)

@@ -3,7 +3,7 @@ import os
 
 import pytest
 from batchgenerators.utilities.file_and_folder_operations import join
-from reliability_support import DATASET_ID, SEED, TRAINER, tree_digest
+from reliability.reliability_support import DATASET_ID, SEED, TRAINER, tree_digest
 
 
 @pytest.fixture(scope="package")

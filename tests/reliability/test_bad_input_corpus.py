@@ -16,7 +16,7 @@ import pytest
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join, load_json, save_json
 from PIL import Image
-from reliability_support import TRAINER, tree_digest
+from reliability.reliability_support import TRAINER, tree_digest
 
 from semi_nnunet.dataset_conversion.synthetic import make_synthetic_dataset
 from semi_nnunet.run.plan_and_preprocess_entrypoint import main as plan_main
@@ -46,8 +46,9 @@ class Ctx:
         self.cleanup.append(folder)
         return folder
 
-    def plan_argv(self, folder: str, *extra: str) -> List[str]:
-        return ["-d", str(self.next_id[0]), "-c", "2d", "3d_fullres", "-np", "1", "--no_progress", *extra]
+    @staticmethod
+    def plan_argv(folder: str, *extra: str) -> List[str]:
+        return ["-d", os.path.basename(folder), "-c", "2d", "3d_fullres", "-np", "1", "--no_progress", *extra]
 
     def fold_folder(self, trainer: str, fold) -> str:
         folder = join(self.rel["nnUNet_results"], self.rel["dataset_name"], f"{trainer}__nnUNetPlans__2d",
@@ -452,8 +453,8 @@ CORPUS = [
           "Mixed__nnUNetPlans__2d/fold_1/checkpoint_final.pth", "ensemble different models as separate members"),
     Entry(predict_unsafe_checkpoint, "holds Python objects other than tensors and plain values (io.open)",
           "Unsafe__nnUNetPlans__2d/fold_0/checkpoint_final.pth", f"set {TRUST_ENV}=1"),
-    Entry(unknown_trainer, "Unknown trainer 'MeanTeecherTrainer'", "trainer argument",
-          "close matches: MeanTeacherTrainer"),
+    Entry(unknown_trainer, "Unknown trainer 'MeanTeecherTrainer' (close matches: MeanTeacherTrainer",
+          "trainer argument", "give a trainer class name"),
     Entry(fold_out_of_range, "Fold 7 is out of range", "fold argument", "give folds 0..2"),
     Entry(stages_of_unstaged_trainer, "is not a staged trainer", "--stages", "drop --stages"),
     Entry(predict_stage_not_trained, f"Stage 3 of {TRAINER} (2d) was not trained", "--stage 3",

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join, load_json, save_json
-from reliability_support import DATASET_ID, SEED, TRAINER, tree_digest
+from reliability.reliability_support import DATASET_ID, SEED, TRAINER, tree_digest
 
 from semi_nnunet.run.train_entrypoint import main as train_main
 from semi_nnunet.utilities.checkpoints import TRUST_ENV, CheckpointError, load_checkpoint_file
@@ -110,3 +110,31 @@ def test_nothing_that_matters_is_overwritten(rel, tmp_path):
     folders = {get_output_folder(rel["dataset_name"], t, p, "2d", 0)
                for t in (TRAINER, with_optimizer(TRAINER, "adamw")) for p in ("nnUNetPlans", "nnUNetResEncUNetMPlans")}
     assert len(folders) == 4, "trainer, optimizer and plans each make their own results folder"
+
+
+def test_checkpoints_of_nnunet_trainer_variants_are_written_atomically(rel, tmp_path, monkeypatch):
+    """Our variants of nnU-Net's own trainers (ScheduleMixin) write nnU-Net's checkpoint through a temporary file: a
+    write that dies half-way leaves the previous checkpoint intact and no temporary file."""
+    from semi_nnunet.trainers.variants import nnUNetTrainer_2epochs_2it
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    plans = {**load_json(join(rel["preprocessed"], "nnUNetPlans.json")), "continue_training": False}
+    trainer = nnUNetTrainer_2epochs_2it(plans, "2d", 0, load_json(join(rel["preprocessed"], "dataset.json")),
+                                        torch.device("cpu"))
+    trainer.initialize()
+    path = join(trainer.output_folder, "checkpoint_latest.pth")
+    trainer.save_checkpoint(path)
+    with open(path, "rb") as f:
+        intact = f.read()
+
+    def dies_half_way(obj, f, *args, **kwargs):
+        with open(f, "wb") as out:
+            out.write(intact[:len(intact) // 2])
+        raise KeyboardInterrupt("killed while writing")
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    trainer.current_epoch = 1
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint(path)
+    with open(path, "rb") as f:
+        assert f.read() == intact
+    assert sorted(os.listdir(trainer.output_folder)) == ["checkpoint_latest.pth"] + \
+        sorted(f for f in os.listdir(trainer.output_folder) if f.startswith("training_log"))

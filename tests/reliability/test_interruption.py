@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
-from reliability_support import DATASET_ID
+from reliability.reliability_support import DATASET_ID
 
 from semi_nnunet.dataset_conversion.synthetic import make_synthetic_dataset
 from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
