@@ -166,13 +166,13 @@ def trainer_names(trainers: Sequence[str], baseline: str, epochs: Optional[int],
 
 def epoch_times(model_folder: str, trainer: str, stages: int) -> List[float]:
     """Durations of every epoch of the trainer (and of its stages), from nnU-Net's logging in the checkpoints."""
-    import torch
     from semi_nnunet.inference.models import stage_trainer_name
+    from semi_nnunet.utilities.checkpoints import load_checkpoint_file
     durations = []
     for k in range(stages + 1):
         folder = model_folder.replace(f"/{trainer}__", f"/{stage_trainer_name(trainer, k)}__")
         checkpoint = join(folder, "fold_all", "checkpoint_final.pth")
-        log = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["logging"]
+        log = load_checkpoint_file(checkpoint, mmap=True)["logging"]
         durations += [e - s for s, e in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])]
     return durations
 
