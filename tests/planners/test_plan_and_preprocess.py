@@ -22,7 +22,8 @@ def _array(folder, case, suffix=".b2nd"):
 
 @pytest.fixture(scope="module")
 def planned_2d(module_paths):
-    """Dataset 901 (8 labeled + 6 unlabeled) through our pipeline; 902 = the same labeled cases through stock nnU-Net."""
+    """Dataset 901 (8 labeled + 6 unlabeled) through our pipeline; 902 = the same labeled cases through stock
+    nnU-Net."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
                                                                       preprocess)
     raw = module_paths["nnUNet_raw"]

@@ -96,7 +96,8 @@ def test_semi_trainer_without_unlabeled_cases_says_how_to_make_them(env, capsys)
         train_main(["963", "2d", TRAINER, "0", "-device", "cpu"])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "needs unlabeled cases" in err and "imagesUnlabeled/" in err and "semi_nnUNet_plan_and_preprocess -d 963" in err
+    assert "needs unlabeled cases" in err and "imagesUnlabeled/" in err
+    assert "semi_nnUNet_plan_and_preprocess -d 963" in err
     assert not os.path.exists(join(env["nnUNet_results"], "Dataset963_Synthetic2D"))
 
 
