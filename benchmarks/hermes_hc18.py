@@ -1,5 +1,5 @@
-"""Hermes on HC18: supervised nnU-Net vs Mean Teacher vs HermesTrainer segmentation-only vs HermesTrainer with (proxy) image classes,
-same iteration budget.
+"""Hermes on HC18: supervised nnU-Net vs Mean Teacher vs HermesTrainer segmentation-only vs HermesTrainer with
+(proxy) image classes, same iteration budget.
 
     python benchmarks/hermes_hc18.py --hc18 ../shared/data/HC18/training_set
 
@@ -7,8 +7,8 @@ HC18 has no image-level classes, so Hermes runs segmentation-only on it (dual th
 the classification branch as well, a second copy of the same split gets a proxy class per labeled and test image:
 1 ("large") when the head covers more of the image than the labeled images' median, else 0 ("small"); unlabeled
 images get none (Hermes never reads an unlabeled image's class). Every trainer gets the demo's schedule (8 epochs x
-20 iterations: ``nnUNetTrainer_demo``, ``MeanTeacherTrainer_demo``, ``HermesTrainer_demo``), fold ``all``; test images are predicted with nnU-Net's
-predictor and scored with nnU-Net's evaluation (foreground Dice); the classifier's test accuracy comes from
+20 iterations: ``nnUNetTrainer_demo``, ``MeanTeacherTrainer_demo``, ``HermesTrainer_demo``), fold ``all``; test
+images are predicted with nnU-Net's predictor and scored with nnU-Net's evaluation (foreground Dice); the classifier's test accuracy comes from
 ``HermesTrainer.classify`` on nnU-Net-preprocessed test images.
 """
 import argparse
