@@ -8,7 +8,8 @@ the classification branch as well, a second copy of the same split gets a proxy 
 1 ("large") when the head covers more of the image than the labeled images' median, else 0 ("small"); unlabeled
 images get none (Hermes never reads an unlabeled image's class). Every trainer gets the demo's schedule (8 epochs x
 20 iterations: ``nnUNetTrainer_demo``, ``MeanTeacherTrainer_demo``, ``HermesTrainer_demo``), fold ``all``; test
-images are predicted with nnU-Net's predictor and scored with nnU-Net's evaluation (foreground Dice); the classifier's test accuracy comes from
+images are predicted with nnU-Net's predictor and scored with nnU-Net's evaluation (foreground Dice); the
+classifier's test accuracy comes from
 ``HermesTrainer.classify`` on nnU-Net-preprocessed test images.
 """
 import argparse

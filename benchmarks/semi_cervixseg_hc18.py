@@ -6,7 +6,8 @@ pseudo-label generation time vs stock nnUNetv2_predict on the same model and cas
 HC18 is converted with a seeded, patient-grouped split (few labeled, an unlabeled pool, a held-out labeled test set),
 downsampled so the longer side is ``--max-size`` px (a CPU budget). Every trainer gets the demo's schedule (8 epochs
 x 20 iterations: ``nnUNetTrainer_demo``, ``SemiCervixTrainer_demo`` and its stage 1), fold ``all``; the test
-images are predicted with nnU-Net's predictor and scored with nnU-Net's evaluation (foreground Dice). Timing: the stage runner's pseudo-label step (preprocessed
+images are predicted with nnU-Net's predictor and scored with nnU-Net's evaluation (foreground Dice). Timing: the
+stage runner's pseudo-label step (preprocessed
 unlabeled cases -> hard labels, no mirroring) against ``nnUNetv2_predict --disable_tta`` on the raw unlabeled images,
 same model and fold, one process each, in one run.
 """
