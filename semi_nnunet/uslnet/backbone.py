@@ -15,7 +15,7 @@
 """
 import os
 import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -182,6 +182,32 @@ def end_epoch(latest: str, model: nn.Module, optimizer: torch.optim.Optimizer, e
     with atomic_path(latest) as tmp:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1}, tmp)
     log(f"{name} epoch {epoch + 1}/{epochs}: loss {sum(losses) / len(losses):.4f} ({time.time() - started:.1f} s)")
+
+
+def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, n: int, batch: int, epochs: int, seed: int,
+                 latest: str, device: torch.device, name: str, log,
+                 learning_rate: Callable[[dict, int, int], float],
+                 batch_loss: Callable[[List[int], torch.Generator], torch.Tensor]) -> None:
+    """The epoch loop MoCo and CCAM share: resume from ``latest`` (:func:`resume_epoch`), one seeded shuffle per epoch
+    (a resumed run sees the batches an uninterrupted one would), each group's lr set to ``learning_rate(group, step,
+    total_steps)``, one optimizer step on ``batch_loss(indices, epoch_generator)`` per batch, and the per-epoch
+    checkpoint (:func:`end_epoch`)."""
+    per_epoch = len(iterate_batches(n, batch, torch.Generator().manual_seed(0)))
+    total = epochs * per_epoch
+    start_epoch = resume_epoch(latest, model, optimizer, device, name, log)
+    model.train()
+    for epoch in range(start_epoch, epochs):
+        t0, losses = time.time(), []
+        generator = torch.Generator().manual_seed(seed * 100003 + epoch)
+        for i, idx in enumerate(iterate_batches(n, batch, generator)):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(group, epoch * per_epoch + i, total)
+            loss = batch_loss(idx, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        end_epoch(latest, model, optimizer, epoch, epochs, losses, t0, name, log)
 
 
 def resume_epoch(latest: str, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, name: str,

@@ -27,7 +27,6 @@ at ``16 i + 7.5``: a shift of 7.5 input pixels down and right, negligible at CCA
 :func:`cam_to_image` samples the map at each output pixel's true cell coordinate instead.
 """
 import os
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -36,8 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semi_nnunet.uslnet.backbone import (end_epoch, imagenet_normalize, iterate_batches, load_backbone_weights,
-                                         resnet_trunk, resume_epoch)
+from semi_nnunet.uslnet.backbone import imagenet_normalize, load_backbone_weights, resnet_trunk, train_epochs
 from semi_nnunet.utilities.file_ops import atomic_path
 
 SIM_MIN, SIM_MAX = 5e-4, 0.9995
@@ -141,27 +139,15 @@ def train_ccam(images: torch.Tensor, settings: CCAMSettings, output_folder: str,
     model = model.to(device)
     n = len(images)
     batch = min(settings.batch_size, n)
-    per_epoch = len(iterate_batches(n, batch, torch.Generator().manual_seed(0)))
-    total = settings.epochs * per_epoch
     optimizer = torch.optim.SGD(model.parameter_groups(settings.lr, settings.weight_decay), lr=settings.lr,
                                 momentum=0.9, nesterov=True)
-    start_epoch = resume_epoch(latest, model, optimizer, device, "CCAM", log)
-    model.train()
-    for epoch in range(start_epoch, settings.epochs):
-        t0, losses = time.time(), []
-        generator = torch.Generator().manual_seed(settings.seed * 100003 + epoch)
-        for i, idx in enumerate(iterate_batches(n, batch, generator)):
-            step = epoch * per_epoch + i
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * (1 - step / total) ** 0.9
-            x = imagenet_normalize(_flip_augment(images[idx], generator)).to(device)
-            v_fg, v_bg, _ = model(x)
-            loss = ccam_loss(v_fg, v_bg, settings.alpha)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        end_epoch(latest, model, optimizer, epoch, settings.epochs, losses, t0, "CCAM", log)
+
+    def batch_loss(idx, generator):
+        v_fg, v_bg, _ = model(imagenet_normalize(_flip_augment(images[idx], generator)).to(device))
+        return ccam_loss(v_fg, v_bg, settings.alpha)
+
+    train_epochs(model, optimizer, n, batch, settings.epochs, settings.seed, latest, device, "CCAM", log,
+                 lambda group, step, total: group["initial_lr"] * (1 - step / total) ** 0.9, batch_loss)
     border = decide_polarity(model, images, device, batch)
     log(f"CCAM polarity: {border:.3f} of border pixels active -> {'flipped' if bool(model.flipped) else 'kept'}")
     with atomic_path(final) as tmp:

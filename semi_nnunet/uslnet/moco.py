@@ -19,7 +19,6 @@ weights, "arch": ...}``, the format :func:`~semi_nnunet.uslnet.backbone.load_bac
 import copy
 import math
 import os
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semi_nnunet.uslnet.backbone import end_epoch, imagenet_normalize, iterate_batches, resnet_trunk, resume_epoch
+from semi_nnunet.uslnet.backbone import imagenet_normalize, resnet_trunk, train_epochs
 from semi_nnunet.utilities.file_ops import atomic_path
 
 
@@ -128,25 +127,13 @@ def train_moco(images: torch.Tensor, settings: MoCoSettings, output_folder: str,
     model = MoCo(settings.arch, settings.dim, queue, settings.momentum, settings.temperature).to(device)
     lr = settings.base_lr * batch / 256
     optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=lr, momentum=0.9, weight_decay=settings.weight_decay)
-    per_epoch = len(iterate_batches(n, batch, torch.Generator().manual_seed(0)))
-    total = settings.epochs * per_epoch
-    start_epoch = resume_epoch(latest, model, optimizer, device, "MoCo v2", log)
     augment = moco_augmentation(images.shape[-1])
-    model.train()
-    for epoch in range(start_epoch, settings.epochs):
-        t0, losses = time.time(), []
-        generator = torch.Generator().manual_seed(settings.seed * 100003 + epoch)
-        for i, idx in enumerate(iterate_batches(n, batch, generator)):
-            step = epoch * per_epoch + i
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            q, k = two_views(images[idx].to(device), augment)  # augmentation on the device too
-            loss = model(q, k)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        end_epoch(latest, model, optimizer, epoch, settings.epochs, losses, t0, "MoCo v2", log)
+
+    def batch_loss(idx, generator):
+        return model(*two_views(images[idx].to(device), augment))  # augmentation on the device too
+
+    train_epochs(model, optimizer, n, batch, settings.epochs, settings.seed, latest, device, "MoCo v2", log,
+                 lambda group, step, total: lr * 0.5 * (1 + math.cos(math.pi * step / total)), batch_loss)
     with atomic_path(final) as tmp:
         torch.save({"encoder": model.encoder_q.trunk.state_dict(), "arch": settings.arch,
                     "settings": asdict(settings), "num_images": n, "queue": queue}, tmp)
