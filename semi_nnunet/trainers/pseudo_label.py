@@ -61,11 +61,6 @@ class PseudoLabelTrainer(SemiSupervisedTrainer):
             initial_patch_size, self.configuration_manager.patch_size, self.label_manager,
             oversample_foreground_percent=self.oversample_foreground_percent, transforms=transforms))
 
-    def prepare_unlabeled(self, batch: dict) -> dict:
-        batch = self._to_device(batch)
-        batch["views"] = [batch["data"]]
-        return batch
-
     def unlabeled_loss(self, unlabeled: dict, labeled: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
         loss = self.loss(self.network(unlabeled["data"]), unlabeled["target"])
         return self.pseudo_weight * loss, {"pseudo_loss": loss.detach(), "unsup_weight": self.pseudo_weight}

@@ -150,11 +150,6 @@ class USLNetTrainer(SemiSupervisedTrainer):
         """No ground truth exists: the supervised part is zero (and sends no gradient)."""
         return torch.zeros((), device=self.device), {}
 
-    def prepare_unlabeled(self, batch: dict) -> dict:
-        batch = self._to_device(batch)
-        batch["views"] = [batch["data"]]
-        return batch
-
     def unlabeled_loss(self, unlabeled: dict, labeled: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
         """``L_unc``: nnU-Net's loss with the uncertain pixels ignored."""
         loss = self.loss(self.network(unlabeled["data"]), unlabeled["target"])
