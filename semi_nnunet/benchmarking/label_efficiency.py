@@ -50,12 +50,33 @@ class BenchmarkError(InputError):
 
 @dataclass
 class Run:
-    """One trainer of one subset: what was trained, where, and its test-set evaluation."""
+    """One trainer of one subset: what was trained, where, and which model is evaluated."""
     name: str  # the trainer as trained (budget and optimizer suffixes included)
-    label: str  # the row label in tables and plots
-    final_trainer: str  # the trainer whose model is evaluated (a staged trainer's last stage)
-    model_folder: str
+    stages: int  # pseudo-label stages after stage 0 (0: not a staged trainer)
+    dataset_name: str
+    configuration: str
     prediction_folder: str
+
+    @property
+    def final_trainer(self) -> str:
+        """The trainer whose model is evaluated (a staged trainer's last stage)."""
+        from semi_nnunet.inference.models import stage_trainer_name
+        return stage_trainer_name(self.name, self.stages)
+
+    def model_folder(self, trainer: Optional[str] = None) -> str:
+        from nnunetv2.utilities.file_path_utilities import get_output_folder
+        return get_output_folder(self.dataset_name, trainer or self.name, "nnUNetPlans", self.configuration)
+
+    def epoch_times(self) -> List[float]:
+        """Durations of every epoch of the trainer and of its stages, from nnU-Net's logging in the checkpoints."""
+        from semi_nnunet.inference.models import stage_trainer_name
+        from semi_nnunet.utilities.checkpoints import load_checkpoint_file
+        durations = []
+        for k in range(self.stages + 1):
+            checkpoint = join(self.model_folder(stage_trainer_name(self.name, k)), "fold_all", "checkpoint_final.pth")
+            log = load_checkpoint_file(checkpoint, mmap=True)["logging"]
+            durations += [e - s for s, e in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])]
+        return durations
 
 
 @contextlib.contextmanager
@@ -164,19 +185,6 @@ def trainer_names(trainers: Sequence[str], baseline: str, epochs: Optional[int],
     return list(dict.fromkeys(names))
 
 
-def epoch_times(model_folder: str, trainer: str, stages: int) -> List[float]:
-    """Durations of every epoch of the trainer (and of its stages), from nnU-Net's logging in the checkpoints."""
-    from semi_nnunet.inference.models import stage_trainer_name
-    from semi_nnunet.utilities.checkpoints import load_checkpoint_file
-    durations = []
-    for k in range(stages + 1):
-        folder = model_folder.replace(f"/{trainer}__", f"/{stage_trainer_name(trainer, k)}__")
-        checkpoint = join(folder, "fold_all", "checkpoint_final.pth")
-        log = load_checkpoint_file(checkpoint, mmap=True)["logging"]
-        durations += [e - s for s, e in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])]
-    return durations
-
-
 def _describe(values: Dict[str, float]) -> Dict[str, float]:
     v = np.array([x for x in values.values() if np.isfinite(x)], dtype=float)
     return {"mean": float(v.mean()) if len(v) else float("nan"), "std": float(v.std()) if len(v) else float("nan")}
@@ -186,11 +194,10 @@ def run_subset(source: str, workdir: str, dataset_id: int, configuration: str, n
                names: Sequence[str], stages: Optional[int], device: str, num_processes: int) -> dict:
     """Everything for one ``n``: subset, preprocessing, trainings, predictions, evaluations. Returns its results."""
     from semi_nnunet.evaluation.evaluate_api import evaluate, foreground_per_case, paired_wilcoxon
-    from semi_nnunet.inference.models import member_from_names, stage_trainer_name
+    from semi_nnunet.inference.models import member_from_names
     from semi_nnunet.inference.predict_api import predict
     from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
     from semi_nnunet.run.train_api import find_trainer_class, train
-    from nnunetv2.utilities.file_path_utilities import get_output_folder
 
     root = join(workdir, f"n{n}_seed{seed}")
     with nnunet_paths(root) as paths:
@@ -202,32 +209,29 @@ def run_subset(source: str, workdir: str, dataset_id: int, configuration: str, n
             plan_and_preprocess(dataset_id, [configuration], num_processes=num_processes, show_progress=False)
         runs = []
         for name in names:
-            cls = find_trainer_class(name)
-            n_stages = getattr(cls, "num_stages", 0) if stages is None else stages
-            n_stages = n_stages if getattr(cls, "num_stages", 0) else 0
-            final = stage_trainer_name(name, n_stages)
-            model = get_output_folder(dataset_name, name, "nnUNetPlans", configuration)
-            final_model = get_output_folder(dataset_name, final, "nnUNetPlans", configuration)
-            runs.append((Run(name, name, final, model, join(root, "predictions", name)), n_stages))
-            if isfile(join(final_model, "fold_all", "checkpoint_final.pth")):
-                print(f"[n={n}] {name}: trained ({final_model})")
+            staged = getattr(find_trainer_class(name), "num_stages", 0)
+            run = Run(name, 0 if not staged else staged if stages is None else stages, dataset_name, configuration,
+                      join(root, "predictions", name))
+            runs.append(run)
+            if isfile(join(run.model_folder(run.final_trainer), "fold_all", "checkpoint_final.pth")):
+                print(f"[n={n}] {name}: trained ({run.model_folder(run.final_trainer)})")
                 continue
             print(f"[n={n}] training {name} on {n} labeled cases (fold all, {device})")
-            train(dataset_id, configuration, name, ["all"], device=device, continue_training=not n_stages,
-                  stages=n_stages if n_stages else None)
+            train(dataset_id, configuration, name, ["all"], device=device, continue_training=not run.stages,
+                  stages=run.stages or None)
         test_images, test_labels = join(source, "imagesTs"), join(source, "labelsTs")
         results, baseline = {}, None
-        for run, n_stages in runs:
+        for run in runs:
             print(f"[n={n}] predicting the test set with {run.final_trainer}")
-            member = member_from_names(dataset_name, configuration, run.name, folds=["all"], stage=n_stages or None)
+            member = member_from_names(dataset_name, configuration, run.name, folds=["all"], stage=run.stages or None)
             predict(test_images, run.prediction_folder, [member], device=device, show_progress=True)
             summary = evaluate(test_labels, run.prediction_folder, dataset_json_file=join(raw, "dataset.json"),
                                num_processes=num_processes)
             per_case = {m: foreground_per_case(summary, m) for m in ("Dice", "HD95", "ASD")}
-            durations = epoch_times(run.model_folder, run.name, n_stages)
-            debug = load_json(join(run.model_folder, "fold_all", "debug.json"))  # nnU-Net's record of the trainer
+            durations = run.epoch_times()
+            debug = load_json(join(run.model_folder(), "fold_all", "debug.json"))  # nnU-Net's record of the trainer
             seconds_per_it = float(np.median(durations)) / int(debug["num_iterations_per_epoch"])
-            row = {"trainer": run.name, "evaluated_model": run.final_trainer, "stages": n_stages,
+            row = {"trainer": run.name, "evaluated_model": run.final_trainer, "stages": run.stages,
                    "prediction_folder": run.prediction_folder, "summary": join(run.prediction_folder, "summary.json"),
                    "n_test": summary["n_cases"], "epochs_trained": len(durations),
                    "seconds_per_iteration": seconds_per_it, "train_time_s": float(np.sum(durations)),
