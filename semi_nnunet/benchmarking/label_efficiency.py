@@ -218,7 +218,7 @@ def run_subset(source: str, workdir: str, dataset_id: int, configuration: str, n
                 continue
             print(f"[n={n}] training {name} on {n} labeled cases (fold all, {device})")
             train(dataset_id, configuration, name, ["all"], device=device, continue_training=not run.stages,
-                  stages=run.stages or None)
+                  stages=run.stages if staged else None)  # --stages 0: stage 0 only, the model evaluated
         test_images, test_labels = join(source, "imagesTs"), join(source, "labelsTs")
         results, baseline = {}, None
         for run in runs:
