@@ -11,6 +11,18 @@ import pytest
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "progress_png: the test reads progress.png, so it is drawn")
+    config.addinivalue_line("markers", "slow: minutes of CPU; not in the default run, `-m slow` runs them (.ci/run "
+                                       "runs both suites)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The default run leaves the ``slow`` suite out (deselected, not skipped); any ``-m`` expression decides itself."""
+    if config.option.markexpr:
+        return
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item.get_closest_marker("slow") is None]
 
 
 @pytest.fixture(autouse=True)

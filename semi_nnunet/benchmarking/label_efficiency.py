@@ -1,38 +1,46 @@
 """The label-efficiency benchmark: does a semi-supervised trainer beat nnU-Net trained on the same labels?
 
-For every number of labeled cases ``n`` (``--labeled 5 10 50``) and one ``seed``:
+The benchmark is a **grid of independent jobs**: subsets x trainers x training seeds.
 
-1. A **subset dataset** under ``<workdir>/n<n>_seed<seed>/nnUNet_raw``: the first ``n`` labeled cases of one seeded
-   permutation (so the subsets are nested: the 5 are among the 10) keep their labels; every other labeled case of the
-   source becomes unlabeled (its label is not copied), next to the source's own unlabeled images. The source's test
-   set (``imagesTs``/``labelsTs``) is the test set of every run. Planned and preprocessed like any dataset, so the
-   supervised baseline gets nnU-Net's configuration for ``n`` cases.
-2. **Training**, fold ``all`` (every labeled case trains; nothing is held out for validation), of the supervised
-   baseline (``nnUNetTrainer``) and of each trainer with and without HCO, all on the same budget: ``--epochs`` x
-   ``--iterations`` (a generated ``<Trainer>_<E>epochs_<I>it`` variant), or each trainer's own schedule. By default
-   the methods are Mean Teacher, Semi-CervixSeg and Hermes (Hermes only in 2D). A staged
-   trainer (Semi-CervixSeg) runs its stages (``--stages``), and its last stage is the model evaluated.
-3. **Prediction** of the test set (nnU-Net's predictor, mirroring on) and **evaluation** with
-   :func:`semi_nnunet.evaluation.evaluate_api.evaluate` (what ``semi_nnUNet_evaluate`` runs).
-4. **Report**: ``results.json`` and ``results.md`` (per method: Dice, HD95, ASD as mean and std over the test cases of
-   the per-case foreground mean, paired two-sided Wilcoxon p against the baseline, time per iteration as a ratio to
-   the baseline, training time), a per-case Dice box plot per ``n`` and, with several ``n``, Dice vs labeled cases.
+1. **Subsets** (:class:`Subset`, one per ``--labeled`` entry, made by :func:`prepare_subset`): under
+   ``<workdir>/n<n>_subset<s>/nnUNet_raw`` the first ``n`` labeled cases of one permutation seeded by the *subset
+   seed* ``s`` (``--seed``; nested: the 5 are among the 20) keep their labels; every other labeled case of the source
+   becomes unlabeled (its label is not copied), next to the source's own unlabeled images. ``all`` keeps every label
+   (the supervised ceiling). The source's test set (``imagesTs``/``labelsTs``) is every run's test set. Planned and
+   preprocessed like any dataset, so the baseline gets nnU-Net's configuration for ``n`` cases.
+2. **Jobs** (:class:`Job`, run by :func:`run_job`): one trainer on one subset with one *training seed* (``--repeats
+   R``: seeds ``0..R-1``; Python, numpy and torch are seeded before the trainer is built). Fold ``all`` (every labeled
+   case trains), the same budget for every trainer (``--epochs`` x ``--iterations``: a generated
+   ``<Trainer>_<E>epochs_<I>it`` variant, which also keeps a snapshot at half the budget), then the test set is
+   predicted (nnU-Net's predictor, mirroring on) and evaluated with
+   :func:`semi_nnunet.evaluation.evaluate_api.evaluate` (what ``semi_nnUNet_evaluate`` runs). The supervised
+   baseline's half-way snapshot is evaluated too: the convergence check. Only the baseline trains on ``all``. A staged
+   trainer (Semi-CervixSeg) runs its stages (``--stages``) and its last stage is the model evaluated. Each training
+   seed has its own ``nnUNet_results`` (``<subset>/seed<t>/``); a job's result file (``<subset>/seed<t>/jobs/
+   <trainer>.json``) means it is done.
+3. **Report** (:mod:`semi_nnunet.benchmarking.report`, rewritten after every job): mean ± std over seeds, paired
+   differences to the baseline of the same seed with bootstrap intervals, gap recovery against the ``all`` ceiling,
+   the convergence flag, time per iteration, training time (:mod:`semi_nnunet.benchmarking.statistics`).
+
+Before anything trains the grid's cost is estimated (:mod:`semi_nnunet.benchmarking.timing`) and printed.
 
 Time per iteration is the median epoch duration (from nnU-Net's own epoch timestamps in the checkpoint, pooled over a
 staged trainer's stages) divided by iterations per epoch; an epoch also holds its validation iterations (one per five
 training iterations in a budget variant) and nnU-Net's per-epoch bookkeeping, the same for every trainer, so the ratio
-is a slight underestimate of the pure training-step ratio (``benchmarks/step_time.py`` measures that). Training time
-is the sum of the epoch durations (startup and final validation excluded), so it survives resuming.
+is a slight underestimate of the pure training-step ratio (``benchmarks/step_time.py`` measures that). The jobs run
+one after the other on the same machine, so the baseline and a method are measured under the same conditions.
+Training time is the sum of the epoch durations (startup and final validation excluded), so it survives resuming.
 
-Resumable: a subset, a preprocessing, a trained model (its final checkpoint), a prediction (per case) and an
-evaluation that exist are reused; an interrupted training continues from its latest checkpoint.
+Resumable: a subset, a preprocessing, a trained model (its final checkpoint), a prediction (per case), an evaluation
+and a job that exist are reused; an interrupted training continues from its latest checkpoint. Adding a seed, an
+``n`` or a trainer later runs only what is missing.
 """
 import contextlib
 import os
 import sys
 import time
-from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, maybe_mkdir_p
@@ -42,48 +50,21 @@ from semi_nnunet.utilities.errors import InputError
 BASELINE = "nnUNetTrainer"
 DEFAULT_TRAINERS = ("MeanTeacherTrainer", "SemiCervixTrainer", "HermesTrainer")
 NNUNET_PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+ALL = "all"
 
 
 class BenchmarkError(InputError):
     """Bad input to the benchmark. The message names the file or argument and the fix."""
 
 
-@dataclass
-class Run:
-    """One trainer of one subset: what was trained, where, and which model is evaluated."""
-    name: str  # the trainer as trained (budget and optimizer suffixes included)
-    stages: int  # pseudo-label stages after stage 0 (0: not a staged trainer)
-    dataset_name: str
-    configuration: str
-    prediction_folder: str
-
-    @property
-    def final_trainer(self) -> str:
-        """The trainer whose model is evaluated (a staged trainer's last stage)."""
-        from semi_nnunet.inference.models import stage_trainer_name
-        return stage_trainer_name(self.name, self.stages)
-
-    def model_folder(self, trainer: Optional[str] = None) -> str:
-        from nnunetv2.utilities.file_path_utilities import get_output_folder
-        return get_output_folder(self.dataset_name, trainer or self.name, "nnUNetPlans", self.configuration)
-
-    def epoch_times(self) -> List[float]:
-        """Durations of every epoch of the trainer and of its stages, from nnU-Net's logging in the checkpoints."""
-        from semi_nnunet.inference.models import stage_trainer_name
-        from semi_nnunet.utilities.checkpoints import load_checkpoint_file
-        durations = []
-        for k in range(self.stages + 1):
-            checkpoint = join(self.model_folder(stage_trainer_name(self.name, k)), "fold_all", "checkpoint_final.pth")
-            log = load_checkpoint_file(checkpoint, mmap=True)["logging"]
-            durations += [e - s for s, e in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])]
-        return durations
-
-
 @contextlib.contextmanager
-def nnunet_paths(root: str) -> Iterator[Dict[str, str]]:
-    """nnU-Net's three folders inside ``root`` for the duration (nnU-Net reads them lazily from the environment)."""
+def nnunet_paths(root: str, results: Optional[str] = None) -> Iterator[Dict[str, str]]:
+    """nnU-Net's three folders inside ``root`` (``nnUNet_results`` at ``results`` when given) for the duration
+    (nnU-Net reads them lazily from the environment)."""
     old = {k: os.environ.get(k) for k in NNUNET_PATH_VARIABLES}
     paths = {k: join(root, k) for k in NNUNET_PATH_VARIABLES}
+    if results is not None:
+        paths["nnUNet_results"] = results
     try:
         for k, v in paths.items():
             maybe_mkdir_p(v)
@@ -128,7 +109,7 @@ def choose_labeled(labeled_ids: Sequence[str], n: int, seed: int) -> List[str]:
 def make_subset(source: str, target_raw: str, dataset_id: int, n: int, seed: int) -> str:
     """Write the subset dataset (``n`` labeled, the rest unlabeled) into ``target_raw``; reused when it exists."""
     import shutil
-    from semi_nnunet.utilities.file_ops import copy_atomic
+    from semi_nnunet.utilities.file_ops import copy_atomic, save_json_atomic
     from semi_nnunet.utilities.raw_dataset import UNLABELED_FOLDER, check_semi_dataset
     ds = check_semi_dataset(source, read_headers=False)
     if n > len(ds.labeled):
@@ -155,7 +136,6 @@ def make_subset(source: str, target_raw: str, dataset_id: int, n: int, seed: int
                     "numUnlabeled": len(ds.labeled) - n + len(ds.unlabeled),
                     "benchmark_subset": {"source": source, "seed": seed, "labeled": sorted(chosen)}}
     dataset_json.pop("dataset", None)
-    from semi_nnunet.utilities.file_ops import save_json_atomic
     save_json_atomic(dataset_json, join(staging, "dataset.json"))
     os.replace(staging, folder)
     return folder
@@ -178,106 +158,334 @@ def trainer_names(trainers: Sequence[str], baseline: str, epochs: Optional[int],
                                  f"and the configuration is {dims}D.", f"-tr {t}",
                                  "leave it out, or benchmark the 2d configuration.")
         names.append(t + budget)
-        if hco:
+        if hco and not t.endswith("_HCO"):
             names.append(t + budget + "_HCO")
     for name in names:
         find_trainer_class(name)
     return list(dict.fromkeys(names))
 
 
-def _describe(values: Dict[str, float]) -> Dict[str, float]:
-    v = np.array([x for x in values.values() if np.isfinite(x)], dtype=float)
-    return {"mean": float(v.mean()) if len(v) else float("nan"), "std": float(v.std()) if len(v) else float("nan")}
+def parse_labeled(values: Sequence[Union[int, str]]) -> List[str]:
+    """``--labeled`` entries as labels: positive integers (sorted) and ``all`` last; anything else is an error."""
+    numbers, has_all = set(), False
+    for v in values:
+        text = str(v).strip().lower()
+        if text == ALL:
+            has_all = True
+        elif text.isdigit() and int(text) >= 1:
+            numbers.add(int(text))
+        else:
+            raise BenchmarkError(f"'{v}' is not a number of labeled cases.", f"--labeled {' '.join(map(str, values))}",
+                                 "give positive numbers and optionally 'all', e.g. --labeled 5 20 all.")
+    if not numbers and not has_all:
+        raise BenchmarkError("No number of labeled cases was given.", "--labeled", "e.g. --labeled 5 20 all.")
+    return [str(n) for n in sorted(numbers)] + ([ALL] if has_all else [])
 
 
-def run_subset(source: str, workdir: str, dataset_id: int, configuration: str, n: int, seed: int,
-               names: Sequence[str], stages: Optional[int], device: str, num_processes: int) -> dict:
-    """Everything for one ``n``: subset, preprocessing, trainings, predictions, evaluations. Returns its results."""
-    from semi_nnunet.evaluation.evaluate_api import evaluate, foreground_per_case, paired_wilcoxon
-    from semi_nnunet.inference.models import member_from_names
-    from semi_nnunet.inference.predict_api import predict
+@dataclass(frozen=True)
+class Subset:
+    """One subset of the source: ``label`` as asked for (``"5"``, ``"all"``), ``n`` labeled cases."""
+    label: str
+    n: int
+    subset_seed: int
+    source: str
+    workdir: str
+    dataset_id: int
+    configuration: str
+
+    @property
+    def root(self) -> str:
+        return join(self.workdir, f"n{self.label}_subset{self.subset_seed}")
+
+    def raw_folder(self) -> str:
+        """The subset's raw dataset folder (exists after :func:`prepare_subset`)."""
+        raw = join(self.root, "nnUNet_raw")
+        found = [d for d in (os.listdir(raw) if isdir(raw) else []) if d.startswith(f"Dataset{self.dataset_id:03d}_")
+                 and isfile(join(raw, d, "dataset.json"))]
+        if not found:
+            raise BenchmarkError(f"The subset n={self.label} was not prepared.", raw, "run the benchmark again.")
+        return join(raw, found[0])
+
+    @property
+    def dataset_name(self) -> str:
+        return os.path.basename(self.raw_folder())
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training of the grid: ``trainer`` (as trained, budget included) on ``subset`` with ``train_seed``,
+    then prediction and evaluation of the test set. Independent of every other job once its subset is prepared."""
+    subset: Subset
+    trainer: str
+    train_seed: int
+    stages: int = 0  # pseudo-label stages after stage 0 (0: not a staged trainer)
+    is_baseline: bool = False
+    device: str = "cpu"
+    num_processes: int = 2
+
+    @property
+    def folder(self) -> str:
+        return join(self.subset.root, f"seed{self.train_seed}")
+
+    @property
+    def results_folder(self) -> str:
+        return join(self.folder, "nnUNet_results")
+
+    @property
+    def result_file(self) -> str:
+        return join(self.folder, "jobs", f"{self.trainer}.json")
+
+    @property
+    def log_file(self) -> str:
+        return join(self.folder, "logs", f"{self.trainer}.log")
+
+    @property
+    def final_trainer(self) -> str:
+        """The trainer whose model is evaluated (a staged trainer's last stage)."""
+        from semi_nnunet.inference.models import stage_trainer_name
+        return stage_trainer_name(self.trainer, self.stages)
+
+    def describe(self) -> str:
+        return f"n={self.subset.label} {self.trainer} seed {self.train_seed}"
+
+    def done(self) -> bool:
+        return isfile(self.result_file)
+
+    def model_folder(self, trainer: Optional[str] = None) -> str:
+        from nnunetv2.utilities.file_path_utilities import get_output_folder
+        return get_output_folder(self.subset.dataset_name, trainer or self.trainer, "nnUNetPlans",
+                                 self.subset.configuration)
+
+    def epoch_times(self) -> List[float]:
+        """Durations of every epoch of the trainer and of its stages, from nnU-Net's logging in the checkpoints."""
+        from semi_nnunet.inference.models import stage_trainer_name
+        from semi_nnunet.utilities.checkpoints import load_checkpoint_file
+        durations = []
+        for k in range(self.stages + 1):
+            checkpoint = join(self.model_folder(stage_trainer_name(self.trainer, k)), "fold_all",
+                              "checkpoint_final.pth")
+            log = load_checkpoint_file(checkpoint, mmap=True)["logging"]
+            durations += [e - s for s, e in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])]
+        return durations
+
+
+@dataclass
+class Grid:
+    """Everything the benchmark runs: the subsets (prepared first) and the jobs (independent of each other)."""
+    subsets: List[Subset]
+    jobs: List[Job]
+    trainers: List[str]
+    repeats: int
+    budget_tag: str = ""  # the budget suffix every trainer name carries ("_40epochs_50it"), "" without a budget
+    meta: dict = field(default_factory=dict)
+
+
+def plan_grid(source: str, configuration: str, labeled: Sequence[str], names: Sequence[str], repeats: int,
+              subset_seed: int, stages: Optional[int], device: str, workdir: str, dataset_id: int,
+              num_processes: int) -> Grid:
+    """The subsets and the jobs, in the order the local run takes them: seed by seed, so the first seed of every
+    method is reported before the second starts; within a seed, subset by subset (the baseline first)."""
+    from semi_nnunet.run.train_api import find_trainer_class
+    from semi_nnunet.utilities.raw_dataset import check_semi_dataset
+    n_labeled = len(check_semi_dataset(source, read_headers=False).labeled)
+    numbers = [int(x) for x in labeled if x != ALL]
+    if numbers and max(numbers) > n_labeled:
+        raise BenchmarkError(f"{max(numbers)} labeled cases were asked for but the dataset has {n_labeled}.",
+                             f"--labeled {max(numbers)}", f"use at most {n_labeled}.")
+    if ALL in labeled and numbers and max(numbers) >= n_labeled:
+        raise BenchmarkError(f"'all' adds no labeled case: the dataset has {n_labeled} labeled cases and "
+                             f"--labeled already asks for {max(numbers)}.", f"--labeled {' '.join(labeled)}",
+                             "drop 'all', or use a dataset with more labeled cases than the largest n (the converters "
+                             "take --num-labeled).")
+    subsets = [Subset(x, n_labeled if x == ALL else int(x), subset_seed, source, workdir, dataset_id, configuration)
+               for x in labeled]
+    jobs = []
+    for seed in range(repeats):
+        for subset in subsets:
+            for i, name in enumerate(names):
+                if subset.label == ALL and i > 0:
+                    continue  # the ceiling: the supervised baseline on every label
+                staged = getattr(find_trainer_class(name), "num_stages", 0)
+                jobs.append(Job(subset, name, seed, 0 if not staged else staged if stages is None else stages,
+                                i == 0, device, num_processes))
+    import re
+    tag = re.search(r"_\d+epochs_\d+it", names[0])
+    return Grid(subsets, jobs, list(names), repeats, tag.group(0) if tag else "")
+
+
+def prepare_subset(subset: Subset, num_processes: int = 2) -> str:
+    """Write, plan and preprocess the subset (reused when done). Returns its raw folder."""
     from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
+    with nnunet_paths(subset.root) as paths:
+        raw = make_subset(subset.source, paths["nnUNet_raw"], subset.dataset_id, subset.n, subset.subset_seed)
+        plans = join(paths["nnUNet_preprocessed"], os.path.basename(raw), "nnUNetPlans.json")
+        if not isfile(plans) or subset.configuration not in load_json(plans)["configurations"]:
+            print(f"[n={subset.label}] planning and preprocessing {os.path.basename(raw)}")
+            with open(join(subset.root, "plan_and_preprocess.log"), "a") as log, contextlib.redirect_stdout(log):
+                plan_and_preprocess(subset.dataset_id, [subset.configuration], num_processes=num_processes,
+                                    show_progress=False)
+    return raw
+
+
+@contextlib.contextmanager
+def _epoch_progress(job: Job, num_epochs: int) -> Iterator[None]:
+    """A tqdm bar over the job's epochs (every stage of a staged trainer), fed by the trainers' epoch listener."""
+    from tqdm import tqdm
+    from semi_nnunet.trainers.schedule import EPOCH_LISTENERS
+    bar = tqdm(total=num_epochs * (job.stages + 1), desc=job.describe(), unit="epoch", leave=True)
+
+    def listener(trainer) -> None:
+        bar.update(1)
+        loss = trainer.logger.get_value("train_losses", step=-1) if hasattr(trainer, "logger") else None
+        if loss is not None:
+            bar.set_postfix(loss=f"{loss:.3f}")
+    EPOCH_LISTENERS.append(listener)
+    try:
+        yield
+    finally:
+        EPOCH_LISTENERS.remove(listener)
+        bar.close()
+
+
+def _evaluate_member(job: Job, member, prediction_folder: str, raw: str) -> dict:
+    from semi_nnunet.evaluation.evaluate_api import evaluate, foreground_per_case
+    from semi_nnunet.inference.predict_api import predict
+    predict(join(job.subset.source, "imagesTs"), prediction_folder, [member], device=job.device, show_progress=False)
+    summary = evaluate(join(job.subset.source, "labelsTs"), prediction_folder,
+                       dataset_json_file=join(raw, "dataset.json"), num_processes=job.num_processes)
+    out = {m: foreground_per_case(summary, m) for m in ("Dice", "HD95", "ASD")}
+    out["n_test"] = summary["n_cases"]
+    return out
+
+
+def run_job(job: Job) -> dict:
+    """Train (or continue), predict, evaluate one job and write its result file; reuse it when it exists."""
+    from semi_nnunet.inference.models import member_from_names
     from semi_nnunet.run.train_api import find_trainer_class, train
-
-    root = join(workdir, f"n{n}_seed{seed}")
-    with nnunet_paths(root) as paths:
-        raw = make_subset(source, paths["nnUNet_raw"], dataset_id, n, seed)
-        dataset_name = os.path.basename(raw)
-        plans = join(paths["nnUNet_preprocessed"], dataset_name, "nnUNetPlans.json")
-        if not isfile(plans) or configuration not in load_json(plans)["configurations"]:
-            print(f"[n={n}] planning and preprocessing {dataset_name}")
-            plan_and_preprocess(dataset_id, [configuration], num_processes=num_processes, show_progress=False)
-        runs = []
-        for name in names:
-            staged = getattr(find_trainer_class(name), "num_stages", 0)
-            run = Run(name, 0 if not staged else staged if stages is None else stages, dataset_name, configuration,
-                      join(root, "predictions", name))
-            runs.append(run)
-            if isfile(join(run.model_folder(run.final_trainer), "fold_all", "checkpoint_final.pth")):
-                print(f"[n={n}] {name}: trained ({run.model_folder(run.final_trainer)})")
-                continue
-            print(f"[n={n}] training {name} on {n} labeled cases (fold all, {device})")
-            train(dataset_id, configuration, name, ["all"], device=device, continue_training=not run.stages,
-                  stages=run.stages if staged else None)  # --stages 0: stage 0 only, the model evaluated
-        test_images, test_labels = join(source, "imagesTs"), join(source, "labelsTs")
-        results, baseline = {}, None
-        for run in runs:
-            print(f"[n={n}] predicting the test set with {run.final_trainer}")
-            member = member_from_names(dataset_name, configuration, run.name, folds=["all"], stage=run.stages or None)
-            predict(test_images, run.prediction_folder, [member], device=device, show_progress=True)
-            summary = evaluate(test_labels, run.prediction_folder, dataset_json_file=join(raw, "dataset.json"),
-                               num_processes=num_processes)
-            per_case = {m: foreground_per_case(summary, m) for m in ("Dice", "HD95", "ASD")}
-            durations = run.epoch_times()
-            debug = load_json(join(run.model_folder(), "fold_all", "debug.json"))  # nnU-Net's record of the trainer
-            seconds_per_it = float(np.median(durations)) / int(debug["num_iterations_per_epoch"])
-            row = {"trainer": run.name, "evaluated_model": run.final_trainer, "stages": run.stages,
-                   "prediction_folder": run.prediction_folder, "summary": join(run.prediction_folder, "summary.json"),
-                   "n_test": summary["n_cases"], "epochs_trained": len(durations),
-                   "seconds_per_iteration": seconds_per_it, "train_time_s": float(np.sum(durations)),
-                   "per_case_dice": per_case["Dice"]}
-            for m, values in per_case.items():
-                row[m] = _describe(values)
-            if baseline is None:
-                baseline = (row, per_case)
-            base_row, base_cases = baseline
-            row["time_per_iteration_ratio"] = seconds_per_it / base_row["seconds_per_iteration"]
-            row["wilcoxon_vs_baseline"] = {m: paired_wilcoxon(base_cases[m], per_case[m]) for m in per_case} \
-                if run.name != base_row["trainer"] else None
-            results[run.name] = row
-    return {"n_labeled": n, "seed": seed, "dataset": dataset_name, "root": root, "methods": results}
+    from semi_nnunet.trainers.schedule import snapshot_name
+    from semi_nnunet.utilities.file_ops import save_json_atomic
+    if job.done():
+        return load_json(job.result_file)
+    start = time.time()
+    raw = job.subset.raw_folder()
+    maybe_mkdir_p(os.path.dirname(job.log_file))
+    with nnunet_paths(job.subset.root, results=job.results_folder):
+        cls = find_trainer_class(job.trainer)
+        epochs = int(getattr(cls, "schedule", {}).get("num_epochs", 1000))
+        staged = getattr(cls, "num_stages", 0)
+        final = join(job.model_folder(job.final_trainer), "fold_all", "checkpoint_final.pth")
+        if not isfile(final):
+            with _epoch_progress(job, epochs), open(job.log_file, "a") as log, contextlib.redirect_stdout(log):
+                train(job.subset.dataset_id, job.subset.configuration, job.trainer, ["all"], device=job.device,
+                      continue_training=not job.stages, stages=job.stages if staged else None,
+                      seed=job.train_seed, final_validation=False)
+        predictions = join(job.folder, "predictions")
+        member = member_from_names(job.subset.dataset_name, job.subset.configuration, job.trainer, folds=["all"],
+                                   stage=job.stages or None)
+        scores = _evaluate_member(job, member, join(predictions, job.trainer), raw)
+        half = None
+        snapshots = tuple(getattr(cls, "schedule", {}).get("snapshot_epochs", ()))
+        if job.is_baseline and snapshots and isfile(join(job.model_folder(), "fold_all", snapshot_name(snapshots[0]))):
+            member.checkpoint = snapshot_name(snapshots[0])
+            half = {"epoch": snapshots[0], "of": epochs,
+                    "Dice": _evaluate_member(job, member, join(predictions, f"{job.trainer}_epoch{snapshots[0]}"),
+                                             raw)["Dice"]}
+        durations = job.epoch_times()
+        debug = load_json(join(job.model_folder(), "fold_all", "debug.json"))  # nnU-Net's record of the trainer
+    result = {"job": {**asdict(job), "subset": asdict(job.subset)}, "trainer": job.trainer,
+              "evaluated_model": job.final_trainer, "train_seed": job.train_seed, "label": job.subset.label,
+              "n_labeled": job.subset.n, "n_test": scores.pop("n_test"), "per_case": scores,
+              "half_budget": half, "epochs_trained": len(durations),
+              "iterations_per_epoch": int(debug["num_iterations_per_epoch"]),
+              "seconds_per_iteration": float(np.median(durations)) / int(debug["num_iterations_per_epoch"]),
+              "train_time_s": float(np.sum(durations)), "job_wall_time_s_last_call": time.time() - start,
+              "prediction_folder": join(predictions, job.trainer), "date": time.strftime("%Y-%m-%d %H:%M")}
+    save_json_atomic(result, job.result_file)
+    return result
 
 
-def run_label_efficiency(dataset, configuration: str = "2d", num_labeled: Sequence[int] = (5, 10),
+def load_results(grid: Grid) -> List[dict]:
+    """The result files of the grid's finished jobs, and of the jobs an earlier call ran in the same folder with the
+    same subset seed, budget and a training seed within ``repeats`` (e.g. more trainers at one n): the report
+    describes everything measured there under these conditions."""
+    import glob
+    own = [j.result_file for j in grid.jobs]
+    found = [f for j, f in zip(grid.jobs, own) if j.done()]
+    if grid.subsets:
+        s = grid.subsets[0]
+        pattern = join(s.workdir, f"n*_subset{s.subset_seed}", "seed*", "jobs", "*.json")
+        for f in sorted(set(glob.glob(pattern)) - set(own)):
+            seed = os.path.basename(os.path.dirname(os.path.dirname(f)))[len("seed"):]
+            if seed.isdigit() and int(seed) < grid.repeats and grid.budget_tag in os.path.basename(f):
+                found.append(f)
+    return [load_json(f) for f in found]
+
+
+def run_grid(grid: Grid, on_progress: Optional[Callable[[Grid], None]] = None,
+             run: Callable[[Job], dict] = run_job) -> List[dict]:
+    """The local executor: prepare every subset, then run the jobs one after the other (``on_progress`` after each
+    one, e.g. to rewrite the report). A job's result on disk means done, so a rerun continues where it stopped."""
+    from tqdm import tqdm
+    for subset in grid.subsets:
+        prepare_subset(subset, grid.jobs[0].num_processes if grid.jobs else 2)
+    todo = [j for j in grid.jobs if not j.done()]
+    if on_progress is not None:
+        on_progress(grid)
+    for job in tqdm(todo, desc="benchmark jobs", unit="job", disable=not todo):
+        run(job)
+        if on_progress is not None:
+            on_progress(grid)
+    return load_results(grid)
+
+
+def run_label_efficiency(dataset, configuration: str = "2d", num_labeled: Sequence[Union[int, str]] = (5, 10),
                          trainers: Optional[Sequence[str]] = None, seed: int = 0, epochs: Optional[int] = None,
                          iterations: Optional[int] = None, hco: bool = True, stages: Optional[int] = None,
                          baseline: str = BASELINE, device: str = "cuda", workdir: str = "semi_nnunet_benchmark",
-                         subset_dataset_id: int = 899, num_processes: int = 2, command: Optional[str] = None) -> dict:
+                         subset_dataset_id: int = 899, num_processes: int = 2, command: Optional[str] = None,
+                         repeats: int = 1, estimate_only: bool = False) -> dict:
     """Run the whole benchmark (see the module docstring); writes ``results.json``, ``results.md`` and the plots into
-    ``workdir`` and returns the results."""
-    from semi_nnunet.benchmarking.report import write_report
+    ``workdir`` and returns the results. ``estimate_only``: prepare the subsets, print the cost estimate, stop."""
+    from semi_nnunet.benchmarking.report import aggregate, write_report
+    from semi_nnunet.benchmarking.timing import estimate_grid, format_duration
+    if repeats is None or repeats < 1:
+        raise BenchmarkError(f"--repeats {repeats}: every method needs at least one training.", f"--repeats {repeats}",
+                             "give --repeats 1 or more (3 seeds for a comparison to report).")
+    if bool(epochs) != bool(iterations):
+        raise BenchmarkError("A budget needs both epochs and iterations per epoch.",
+                             f"--epochs {epochs} --iterations {iterations}",
+                             "give both, e.g. --epochs 40 --iterations 50 (nnU-Net's default is 1000 x 250).")
+    labels = parse_labeled(num_labeled)
     source = source_dataset(dataset)  # every check before anything is trained
-    if epochs and not iterations:
-        raise BenchmarkError("A budget needs both epochs and iterations per epoch.", f"--epochs {epochs}",
-                             "add --iterations N (nnU-Net's default is 250).")
     dims = 2 if configuration.startswith("2d") else 3
     if trainers is None:  # the default methods that apply to this configuration
         from semi_nnunet.run.train_api import find_trainer_class
         trainers = [t for t in DEFAULT_TRAINERS if dims in getattr(find_trainer_class(t), "supported_dims", (2, 3))]
     names = trainer_names(trainers, baseline, epochs, iterations, hco, dims)
-    if not num_labeled or min(num_labeled) < 1:
-        raise BenchmarkError("Every number of labeled cases must be at least 1.", f"--labeled {list(num_labeled)}",
-                             "give positive numbers, e.g. --labeled 5 10.")
     workdir = os.path.abspath(workdir)
+    grid = plan_grid(source, configuration, labels, names, repeats, seed, stages, device, workdir,
+                     subset_dataset_id, num_processes)
     maybe_mkdir_p(workdir)
+    grid.meta = {"source": source, "configuration": configuration, "subset_seed": seed,
+                 "training_seeds": list(range(repeats)), "device": device,
+                 "budget": {"epochs": epochs, "iterations_per_epoch": iterations, "stages": stages},
+                 "baseline": names[0], "trainers": names, "labeled": labels, "jobs_total": len(grid.jobs),
+                 "command": command or " ".join(sys.argv), "date": time.strftime("%Y-%m-%d")}
+    for subset in grid.subsets:
+        prepare_subset(subset, num_processes)
+    grid.meta["estimate"] = estimate = estimate_grid(grid)
+    print(f"\nThe grid: {len(grid.subsets)} subsets x {len(names)} trainers x {repeats} training seeds = "
+          f"{len(grid.jobs)} jobs, {estimate['jobs_to_run']} to run. Estimated time on this machine: about "
+          f"{format_duration(estimate['seconds'])} ({estimate['how']}).\n", flush=True)
+    if estimate_only:
+        return {"estimate": estimate, "jobs": [j.describe() for j in grid.jobs]}
     start = time.time()
-    results = {"source": source, "configuration": configuration, "seed": seed, "device": device,
-               "budget": {"epochs": epochs, "iterations_per_epoch": iterations, "stages": stages},
-               "baseline": names[0], "trainers": names, "command": command or " ".join(sys.argv),
-               "date": time.strftime("%Y-%m-%d"), "subsets": []}
-    for n in sorted(set(num_labeled)):  # the report is rewritten after every subset, so a long run shows progress
-        results["subsets"].append(run_subset(source, workdir, subset_dataset_id, configuration, n, seed, names, stages,
-                                             device, num_processes))
-        results["wall_time_s_this_call"] = time.time() - start
-        write_report(results, workdir)
+
+    def report(g: Grid) -> None:
+        g.meta["wall_time_s_this_call"] = time.time() - start
+        write_report(aggregate(g.meta, load_results(g)), workdir, quiet=True)
+    run_grid(grid, report)
+    results = aggregate(grid.meta, load_results(grid))
+    write_report(results, workdir)
     return results
+

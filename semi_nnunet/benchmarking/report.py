@@ -1,50 +1,231 @@
-"""The label-efficiency benchmark's outputs: results.json, results.md, a Dice box plot per subset, Dice vs labels."""
+"""The label-efficiency benchmark's outputs: results.json, results.md and the plots, from the finished jobs.
+
+:func:`aggregate` turns the job results (one per subset x trainer x training seed) into per-subset rows with the
+statistics of :mod:`semi_nnunet.benchmarking.statistics`; :func:`write_report` writes them. Both run after every job,
+so a long benchmark always shows what it has measured so far (a row says how many of its seeds are done).
+"""
 import math
 import os
-from typing import List
+from collections import defaultdict
+from typing import Dict, List
 
+import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import join
 
+from semi_nnunet.benchmarking.statistics import (convergence, gap_recovery, over_seeds, paired_difference,
+                                                 seed_averaged)
 from semi_nnunet.utilities.file_ops import atomic_path, save_json_atomic
+
+METRICS = ("Dice", "HD95", "ASD")
+
+
+def _case_stats(values: Dict[str, float]) -> dict:
+    """Mean and std over the test cases with a finite value (what semi_nnUNet_evaluate's summary.json reports)."""
+    v = np.array([x for x in values.values() if np.isfinite(x)], dtype=float)
+    return {"mean": float(v.mean()) if len(v) else float("nan"), "std": float(v.std()) if len(v) else float("nan")}
+
+
+def _seed_row(r: dict) -> dict:
+    row = {m: _case_stats(r["per_case"][m]) for m in METRICS}
+    row.update({k: r[k] for k in ("evaluated_model", "n_test", "epochs_trained", "seconds_per_iteration",
+                                  "train_time_s", "prediction_folder")})
+    if r.get("half_budget"):
+        row["half_budget_dice"] = _case_stats(r["half_budget"]["Dice"])["mean"]
+        row["half_budget_epoch"] = r["half_budget"]["epoch"]
+    return row
+
+
+def _row(name: str, runs: Dict[int, dict], base_runs: Dict[int, dict], ceiling: Dict[int, dict],
+         is_baseline: bool, label: str) -> dict:
+    from semi_nnunet.evaluation.evaluate_api import paired_wilcoxon
+    seeds = sorted(runs)
+    per_seed = {s: _seed_row(runs[s]) for s in seeds}
+    dice = {s: runs[s]["per_case"]["Dice"] for s in seeds}
+    base_dice = {s: base_runs[s]["per_case"]["Dice"] for s in base_runs}
+    row = {"trainer": name, "evaluated_model": runs[seeds[0]]["evaluated_model"], "seeds": seeds,
+           "per_seed": {str(s): v for s, v in per_seed.items()},
+           "n_test": runs[seeds[0]]["n_test"], "train_time_s": float(sum(v["train_time_s"] for v in per_seed.values())),
+           "per_case_dice_seed_mean": seed_averaged(dice)}
+    for m in METRICS:
+        row[m] = over_seeds([per_seed[s][m]["mean"] for s in seeds])
+    common = sorted(set(seeds) & set(base_runs))
+    row["time_per_iteration_ratio"] = float(np.median([per_seed[s]["seconds_per_iteration"]
+                                                       / base_runs[s]["seconds_per_iteration"] for s in common])) \
+        if common else float("nan")
+    if is_baseline:
+        row["difference_vs_baseline"] = row["gap_recovery"] = row["wilcoxon_first_seed"] = None
+        halves = [per_seed[s].get("half_budget_dice", float("nan")) for s in seeds]
+        row["convergence"] = convergence(halves, [per_seed[s]["Dice"]["mean"] for s in seeds])
+        row["convergence"]["half_epoch"] = per_seed[seeds[0]].get("half_budget_epoch")
+        return row
+    row["difference_vs_baseline"] = paired_difference(dice, base_dice)
+    row["gap_recovery"] = gap_recovery(dice, base_dice, {s: r["per_case"]["Dice"] for s, r in ceiling.items()}) \
+        if ceiling and label != "all" else None
+    row["wilcoxon_first_seed"] = {"seed": common[0], **{m: paired_wilcoxon(base_runs[common[0]]["per_case"][m],
+                                                                         runs[common[0]]["per_case"][m])
+                                                        for m in METRICS}} if common else None
+    return row
+
+
+def aggregate(meta: dict, results: List[dict]) -> dict:
+    """The report's content: ``meta`` (command, budget, ...) plus one entry per subset with a row per trainer."""
+    by: Dict[tuple, Dict[int, dict]] = defaultdict(dict)
+    for r in results:
+        by[(r["label"], r["trainer"])][int(r["train_seed"])] = r
+    baseline = meta["baseline"]
+    ceiling = by.get(("all", baseline), {})
+    # what earlier calls measured in the same folder comes after this call's subsets and trainers
+    labels = list(dict.fromkeys(list(meta["labeled"]) + sorted({r["label"] for r in results} - set(meta["labeled"]),
+                                                                key=lambda x: (x == "all", int(x) if x.isdigit()
+                                                                               else 0))))
+    trainers = list(dict.fromkeys(list(meta["trainers"]) + [r["trainer"] for r in results]))
+    out = {**meta, "labeled": labels, "trainers": trainers, "subsets": []}
+    for label in labels:
+        base_runs = by.get((label, baseline), {})
+        methods = {}
+        for name in trainers:
+            runs = by.get((label, name), {})
+            if runs:
+                methods[name] = _row(name, runs, base_runs, ceiling, name == baseline, label)
+        if methods:
+            any_run = next(iter(by[(label, next(iter(methods)))].values()))
+            out["subsets"].append({"label": label, "n_labeled": int(any_run["n_labeled"]), "methods": methods,
+                                   "n_test": any_run["n_test"]})
+    flags = [s["methods"][baseline]["convergence"] for s in out["subsets"] if baseline in s["methods"]]
+    out["converged"] = None if not flags or any(f["converged"] is None for f in flags) else \
+        all(f["converged"] for f in flags)
+    out["total_train_time_s"] = float(sum(r["train_time_s"] for r in results))
+    out["jobs_done"], out["jobs_total"] = len(results), meta.get("jobs_total", len(results))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- Markdown
+def _f(x: float, digits: int, signed: bool = False) -> str:
+    if x is None or not np.isfinite(x):
+        return "-"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
 def _ms(d: dict, digits: int) -> str:
-    return "-" if math.isnan(d["mean"]) else f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
+    return "-" if d is None or math.isnan(d["mean"]) else f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
+
+
+def _diff(row: dict) -> str:
+    d = row.get("difference_vs_baseline")
+    if not d:
+        return "-"
+    return f"{_f(d['mean'], 4, True)} [{_f(d['ci95'][0], 4, True)}, {_f(d['ci95'][1], 4, True)}]"
+
+
+def _ahead(row: dict) -> str:
+    d = row.get("difference_vs_baseline")
+    return "-" if not d else f"{d['ahead']} of {len(d['seeds'])}"
+
+
+def _gap(row: dict) -> str:
+    g = row.get("gap_recovery")
+    if not g:
+        return "-"
+    if not g.get("measurable", True):
+        return f"n/a (gap {_f(g['gap'], 4, True)})"
+    return f"{_f(g['value'], 2, True)} [{_f(g['ci95'][0], 2, True)}, {_f(g['ci95'][1], 2, True)}]"
 
 
 def _p(row: dict, metric: str) -> str:
-    w = row["wilcoxon_vs_baseline"]
-    return "-" if w is None or math.isnan(w[metric]["p_value"]) else f"{w[metric]['p_value']:.3g}"
+    w = row.get("wilcoxon_first_seed")
+    return "-" if not w or math.isnan(w[metric]["p_value"]) else f"{w[metric]['p_value']:.3g}"
+
+
+def _seeds(row: dict, repeats: int) -> str:
+    return f"{len(row['seeds'])}" + ("" if len(row["seeds"]) >= repeats else f" of {repeats}")
+
+
+def _name(row: dict) -> str:
+    return row["trainer"] + (f" (stage {row['evaluated_model'].rsplit('_stage', 1)[-1]})"
+                             if row["evaluated_model"] != row["trainer"] else "")
 
 
 def markdown(results: dict) -> str:
-    budget = results["budget"]
-    lines = [f"Label efficiency on `{results['source']}` ({results['configuration']}), seed {results['seed']}, "
-             f"device {results['device']}, budget: "
-             + (f"{budget['epochs']} epochs x {budget['iterations_per_epoch'] or 'default'} iterations"
-                if budget["epochs"] else "each trainer's own schedule")
-             + (f", {budget['stages']} pseudo-label stages" if budget["stages"] is not None else "")
-             + f". Date {results['date']}.", "", f"Command: `{results['command']}`", ""]
-    for subset in results["subsets"]:
-        methods = subset["methods"]
-        n_test = next(iter(methods.values()))["n_test"]
-        lines += [f"### {subset['n_labeled']} labeled cases ({n_test} test cases)", "",
-                  "| method | Dice | p (Dice) | HD95 (mm) | p (HD95) | ASD (mm) | p (ASD) | time/it vs baseline "
-                  "| training time (min) |", "|---|---|---|---|---|---|---|---|---|"]
-        for name, row in methods.items():
-            lines.append(f"| {name} | {_ms(row['Dice'], 4)} | {_p(row, 'Dice')} | {_ms(row['HD95'], 2)} | "
-                         f"{_p(row, 'HD95')} | {_ms(row['ASD'], 2)} | {_p(row, 'ASD')} | "
-                         f"{row['time_per_iteration_ratio']:.2f} | {row['train_time_s'] / 60:.1f} |")
-        lines += ["", f"![per-case Dice, {subset['n_labeled']} labeled](dice_n{subset['n_labeled']}.png)", ""]
-    if len(results["subsets"]) > 1:
-        lines += ["![Dice vs labeled cases](dice_vs_labeled.png)", ""]
-    lines += ["Mean ± std over the test cases of the per-case foreground mean (classes averaged per case). p: paired "
-              "two-sided Wilcoxon signed-rank test against the baseline (first row) over the same test cases. "
-              "time/it: median epoch time per training iteration, ratio to the baseline. Staged trainers are "
-              "evaluated at their last stage and their training time sums every stage.", ""]
+    budget, repeats, baseline = results["budget"], len(results["training_seeds"]), results["baseline"]
+    lines = []
+    flags = {s["label"]: s["methods"][baseline]["convergence"] for s in results["subsets"]
+             if baseline in s["methods"]}
+    not_converged = [k for k, f in flags.items() if f["converged"] is False]
+    if not_converged:
+        lines += [f"> **Not converged:** the supervised baseline's test Dice changed by more than "
+                  f"{100 * next(iter(flags.values()))['tolerance']:.1f} Dice points between half and full budget at "
+                  f"n = {', '.join(not_converged)}. Differences below are measured before convergence.", ""]
+    elif flags and all(f["converged"] for f in flags.values()):
+        lines += [f"The supervised baseline converged at this budget: its test Dice at half and at the full budget "
+                  f"differ by at most {100 * next(iter(flags.values()))['tolerance']:.1f} Dice points at every n.", ""]
+    lines += [f"Label efficiency on `{results['source']}` ({results['configuration']}); subset seed "
+              f"{results['subset_seed']} (which cases are labeled), training seeds "
+              f"{', '.join(map(str, results['training_seeds']))}; device {results['device']}; budget: "
+              + (f"{budget['epochs']} epochs x {budget['iterations_per_epoch']} iterations"
+                 if budget["epochs"] else "each trainer's own schedule")
+              + (f", {budget['stages']} pseudo-label stages" if budget["stages"] is not None else "")
+              + f". Date {results['date']}. Jobs done: {results['jobs_done']} of {results['jobs_total']}. "
+              f"Total training time {results['total_train_time_s'] / 3600:.2f} h.", "",
+              f"Command: `{results['command']}`", ""]
+    if results.get("estimate"):
+        from semi_nnunet.benchmarking.timing import format_duration
+        e = results["estimate"]
+        lines += [f"Estimated before this call: {format_duration(e['seconds'])} for {e['jobs_to_run']} jobs "
+                  f"({e['how']}).", ""]
+    ceiling = next((s for s in results["subsets"] if s["label"] == "all"), None)
+    lines += ["## Headline: gap recovery", "",
+              "| labeled | method | seeds | Dice (mean ± std over seeds) | Δ Dice vs supervised [95 % CI] | ahead in "
+              "| gap recovery [95 % CI] | time/it vs baseline |", "|---|---|---|---|---|---|---|---|"]
+    for s in results["subsets"]:
+        for row in s["methods"].values():
+            lines.append(f"| {s['label']} | {_name(row)} | {_seeds(row, repeats)} | {_ms(row['Dice'], 4)} | "
+                         f"{_diff(row)} | {_ahead(row)} | {_gap(row)} | {_f(row['time_per_iteration_ratio'], 2)} |")
+    lines += ["", "Gap recovery = (Dice_method − Dice_supervised(n)) / (Dice_supervised(all) − Dice_supervised(n)): "
+              "the share of the gap to labelling every case that the unlabeled images close"
+              + ("" if ceiling else " (needs `all` in --labeled; not run)") + ". Δ: the paired difference to the "
+              "baseline trained with the same seed, averaged over seeds; ahead in: seeds where the method's test "
+              "Dice is higher. Intervals: bootstrap over test cases (10,000 resamples, seeds averaged per case).", ""]
+    if ceiling or len(results["subsets"]) > 1:
+        lines += ["![gap recovery](gap_recovery.png) ![Dice vs labeled cases](dice_vs_labeled.png)", ""]
+    if flags:
+        lines += ["## Convergence of the supervised baseline", "",
+                  "| labeled | test Dice at half budget | at full budget | change | converged |",
+                  "|---|---|---|---|---|"]
+        for label, f in flags.items():
+            state = "-" if f["converged"] is None else ("yes" if f["converged"] else "**no**")
+            lines.append(f"| {label} | {_f(f['half'], 4)} (epoch {f.get('half_epoch') or '-'}) | "
+                         f"{_f(f['full'], 4)} | {_f(f['change'], 4, True)} | {state} |")
+        lines += ["", "Means over seeds; the half-way model is a snapshot of the same training (no second run), so "
+                  "its learning rate had not decayed yet: a conservative check.", ""]
+    for s in results["subsets"]:
+        lines += [f"## {s['label']} labeled cases (n = {s['n_labeled']}, {s['n_test']} test cases)", "",
+                  "| method | seeds | Dice | HD95 | ASD | Δ Dice [95 % CI] | gap recovery "
+                  "| p Dice (Wilcoxon, one seed) | p HD95 | time/it vs baseline | training time (min, all seeds) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for row in s["methods"].values():
+            lines.append(f"| {_name(row)} | {_seeds(row, repeats)} | {_ms(row['Dice'], 4)} | {_ms(row['HD95'], 2)} | "
+                         f"{_ms(row['ASD'], 2)} | {_diff(row)} | {_gap(row)} | {_p(row, 'Dice')} | {_p(row, 'HD95')} | "
+                         f"{_f(row['time_per_iteration_ratio'], 2)} | {row['train_time_s'] / 60:.1f} |")
+        lines += ["", "Per training seed:", "", "| method | seed | Dice | Δ vs supervised (same seed) | HD95 | ASD | "
+                  "s/it | training time (min) |", "|---|---|---|---|---|---|---|---|"]
+        for row in s["methods"].values():
+            d = row.get("difference_vs_baseline") or {"per_seed": {}}
+            for seed, r in row["per_seed"].items():
+                lines.append(f"| {_name(row)} | {seed} | {_ms(r['Dice'], 4)} | "
+                             f"{_f(d['per_seed'].get(seed, float('nan')), 4, True)} | {_ms(r['HD95'], 2)} | "
+                             f"{_ms(r['ASD'], 2)} | {r['seconds_per_iteration']:.3f} | {r['train_time_s'] / 60:.1f} |")
+        lines += ["", f"![per-case Dice, {s['label']} labeled](dice_n{s['label']}.png)", ""]
+    lines += ["Dice/HD95/ASD: the test-set mean of the per-case foreground mean (classes averaged per case) per "
+              "training seed, then mean ± std (ddof 1) over seeds; per seed, mean ± std over the test cases (the "
+              "numbers semi_nnUNet_evaluate writes for that prediction folder). HD95/ASD in the images' spacing units. "
+              "p: secondary, a paired two-sided Wilcoxon signed-rank test over the test cases of one training seed "
+              "(the first one both have), not a test across seeds. time/it: median epoch time per training "
+              "iteration, ratio to the baseline trained with the same seed (jobs run one after the other on the same "
+              "machine); staged trainers are evaluated at their last stage and their time sums every stage.", ""]
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------------- plots
 def _save_figure(fig, path: str) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
@@ -60,44 +241,72 @@ def plots(results: dict, folder: str) -> List[str]:
 
 
 def _plots(results: dict, folder: str, plt) -> List[str]:
-    import numpy as np
     from matplotlib.ticker import NullFormatter
     written = []
     for subset in results["subsets"]:
         methods = subset["methods"]
         fig, ax = plt.subplots(figsize=(1.6 * len(methods) + 2, 4))
-        data = [[v for v in row["per_case_dice"].values() if np.isfinite(v)] for row in methods.values()]
+        data = [[v for v in row["per_case_dice_seed_mean"].values() if np.isfinite(v)] for row in methods.values()]
         ax.boxplot(data, showmeans=True)
         ax.set_xticks(range(1, len(methods) + 1), list(methods), rotation=25, ha="right", fontsize=8)
-        ax.set_ylabel("per-case Dice (test set)")
-        ax.set_title(f"{subset['n_labeled']} labeled cases")
-        path = join(folder, f"dice_n{subset['n_labeled']}.png")
+        ax.set_ylabel("per-case Dice (test set, mean over seeds)")
+        ax.set_title(f"{subset['label']} labeled cases")
+        path = join(folder, f"dice_n{subset['label']}.png")
         _save_figure(fig, path)
         plt.close(fig)
         written.append(path)
-    if len(results["subsets"]) > 1:
+    baseline = results["baseline"]
+    ceiling = next((s for s in results["subsets"] if s["label"] == "all" and baseline in s["methods"]), None)
+    numbered = [s for s in results["subsets"] if s["label"] != "all"]
+    if len(results["subsets"]) > 1 or ceiling:
         fig, ax = plt.subplots(figsize=(6, 4))
-        ns = [s["n_labeled"] for s in results["subsets"]]
+        ns = [s["n_labeled"] for s in numbered]
         for name in results["trainers"]:
-            means = [s["methods"][name]["Dice"]["mean"] for s in results["subsets"]]
-            stds = [s["methods"][name]["Dice"]["std"] for s in results["subsets"]]
-            ax.errorbar(ns, means, yerr=stds, marker="o", capsize=3, label=name)
-        ax.set_xscale("log")
-        ax.set_xticks(ns, [str(n) for n in ns])
-        ax.xaxis.set_minor_formatter(NullFormatter())
+            points = [(s["n_labeled"], s["methods"][name]["Dice"]) for s in numbered if name in s["methods"]]
+            if points:
+                ax.errorbar([p[0] for p in points], [p[1]["mean"] for p in points],
+                            yerr=[p[1]["std"] for p in points], marker="o", capsize=3, label=name)
+        if ceiling:
+            d = ceiling["methods"][baseline]["Dice"]
+            ax.axhline(d["mean"], color="k", ls="--", lw=1, label=f"supervised, all {ceiling['n_labeled']} labels")
+            ns = ns + [ceiling["n_labeled"]]
+        if ns:
+            ax.set_xscale("log")
+            ax.set_xticks(ns, [str(n) for n in ns])
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("labeled cases")
-        ax.set_ylabel("test Dice (mean ± std)")
+        ax.set_ylabel("test Dice (mean ± std over seeds)")
         ax.legend(fontsize=7)
         path = join(folder, "dice_vs_labeled.png")
+        _save_figure(fig, path)
+        plt.close(fig)
+        written.append(path)
+    if ceiling:
+        rows = [(s["label"], name, row["gap_recovery"]) for s in numbered for name, row in s["methods"].items()
+                if row.get("gap_recovery") and row["gap_recovery"].get("measurable", True)]
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) + 2), 4))
+        for i, (label, name, g) in enumerate(rows):
+            low, high = g["ci95"]
+            err = [[g["value"] - low if np.isfinite(low) else 0], [high - g["value"] if np.isfinite(high) else 0]]
+            ax.bar(i, g["value"], color=f"C{list(results['trainers']).index(name) % 10}")
+            ax.errorbar(i, g["value"], yerr=err, color="k", capsize=4)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.axhline(1, color="k", ls="--", lw=0.8)
+        ax.set_xticks(range(len(rows)), [f"{name}\n(n={label})" for label, name, _ in rows], rotation=25,
+                      ha="right", fontsize=7)
+        ax.set_ylabel("gap recovery (95 % CI)")
+        ax.set_title("share of the gap to all labels closed")
+        path = join(folder, "gap_recovery.png")
         _save_figure(fig, path)
         plt.close(fig)
         written.append(path)
     return written
 
 
-def write_report(results: dict, folder: str) -> None:
+def write_report(results: dict, folder: str, quiet: bool = False) -> None:
     save_json_atomic(results, join(folder, "results.json"))
     with atomic_path(join(folder, "results.md")) as tmp, open(tmp, "w") as f:
         f.write(markdown(results))
     plots(results, folder)
-    print(f"\n{markdown(results)}\nWritten: {os.path.join(folder, 'results.md')}, results.json and the plots.")
+    if not quiet:
+        print(f"\n{markdown(results)}\nWritten: {os.path.join(folder, 'results.md')}, results.json and the plots.")

@@ -167,13 +167,17 @@ def train(dataset: Union[int, str], configuration: str, trainer: str = "nnUNetTr
           export_validation_probabilities: bool = False, num_gpus: int = 1,
           pretrained_weights: Optional[str] = None, val_with_best: bool = False,
           stages: Optional[int] = None, dry_run: bool = False, parallel: int = 1,
-          stop_agreement: Optional[float] = None, finetune: bool = False, seed: Optional[int] = None) -> List[str]:
+          stop_agreement: Optional[float] = None, finetune: bool = False, seed: Optional[int] = None,
+          final_validation: bool = True) -> List[str]:
     """Train ``trainer`` on the given folds (``None``: every fold of the splits). Returns the output folders.
 
     A staged trainer (``num_stages > 0``, e.g. SemiCervixTrainer) runs its whole pipeline: stage 0, pseudo-labels from
     each fold's own model, stage 1, ... (``stages`` overrides the count; 0 trains stage 0 only).
 
     ``seed``: seed Python, numpy and torch before each fold's trainer is built (:func:`seed_everything`).
+
+    ``final_validation=False`` leaves out nnU-Net's prediction of the validation cases after training (one process;
+    the label-efficiency benchmark trains fold ``all``, whose "validation" cases are its training cases).
 
     Every request is checked before any fold starts: trainer, plans, configuration, folds, unlabeled data, and with
     ``continue_training`` the checkpoint each fold would continue from."""
@@ -242,7 +246,7 @@ def train(dataset: Union[int, str], configuration: str, trainer: str = "nnUNetTr
         from semi_nnunet.stages.runner import run_stages
 
         def train_one(*args, **kwargs):
-            return train(*args, stages=0, seed=seed, **kwargs)
+            return train(*args, stages=0, seed=seed, final_validation=final_validation, **kwargs)
         return run_stages(dataset_name, configuration, trainer, folds, n_stages, plans_identifier, device,
                           num_gpus=num_gpus, train_fn=train_one, dry_run=dry_run, parallel=parallel,
                           stop_agreement=stop_agreement, finetune=finetune, seed=seed)
@@ -263,8 +267,15 @@ def train(dataset: Union[int, str], configuration: str, trainer: str = "nnUNetTr
         remove_stale_temporaries(output_folders[f])
         if seed is not None:
             seed_everything(seed)
-        run_training(dataset_name, configuration, f, trainer, plans_identifier, pretrained_weights, num_gpus,
-                     export_validation_probabilities, continue_training, only_run_validation, False,
-                     val_with_best, device=torch.device(device))
+        if not final_validation and num_gpus == 1 and not only_run_validation:
+            from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+            nnunet_trainer = get_trainer_from_args(dataset_name, configuration, f, trainer, plans_identifier,
+                                                   continue_training, device=torch.device(device))
+            maybe_load_checkpoint(nnunet_trainer, continue_training, False, pretrained_weights)
+            nnunet_trainer.run_training()
+        else:
+            run_training(dataset_name, configuration, f, trainer, plans_identifier, pretrained_weights, num_gpus,
+                         export_validation_probabilities, continue_training, only_run_validation, False,
+                         val_with_best, device=torch.device(device))
         outputs.append(output_folders[f])
     return outputs

@@ -6,9 +6,11 @@
   e.g. Semi-CervixSeg): a fresh network on ground truth + the pseudo-labels of stage k, with the trainer's schedule
   and optimizer.
 * ``<Trainer>_<E>epochs[_<I>it]``: a training budget (E epochs of I iterations, one validation iteration per five
-  training iterations), for any of our trainers and, in the ``_<I>it`` form (nnU-Net has its own
-  ``nnUNetTrainer_<E>epochs``), for nnU-Net's ``nnUNetTrainer`` (the label-efficiency benchmark's baseline), e.g.
-  ``nnUNetTrainer_40epochs_25it``, ``MeanTeacherTrainer_40epochs_25it_HCO``.
+  training iterations; a snapshot ``checkpoint_epoch<E/2>.pth`` at half the budget, nnU-Net's ``checkpoint_latest``
+  every tenth of it, at least every 5 epochs, so an interrupted long budget loses little), for any of our trainers
+  and, in the ``_<I>it`` form (nnU-Net has its own ``nnUNetTrainer_<E>epochs``), for nnU-Net's ``nnUNetTrainer``
+  (the label-efficiency benchmark's baseline), e.g. ``nnUNetTrainer_40epochs_25it``,
+  ``MeanTeacherTrainer_40epochs_25it_HCO``.
 
 Each is a subclass that sets attributes and nothing else, created once and kept in this module, so nnU-Net (through
 ``nnUNet_extTrainer``), pickling and checkpoints find it by name like any other trainer. Suffixes compose:
@@ -58,7 +60,8 @@ def stage_variant(base: type, stage: int) -> type:
 def budget_variant(base: type, epochs: int, iterations: Optional[int] = None) -> type:
     """``<base>_<epochs>epochs[_<iterations>it]``: ``base`` with that training length (attributes only)."""
     from semi_nnunet.trainers.schedule import ScheduleMixin
-    budget = {"num_epochs": epochs}
+    budget = {"num_epochs": epochs, "snapshot_epochs": (epochs // 2,) if epochs >= 2 else (),
+              "save_every": min(50, max(5, epochs // 10))}
     if iterations:
         budget.update(num_iterations_per_epoch=iterations, num_val_iterations_per_epoch=max(1, iterations // 5))
     name = f"{base.__name__}_{epochs}epochs" + (f"_{iterations}it" if iterations else "")

@@ -1,17 +1,20 @@
-"""semi_nnUNet_benchmark end to end on a tiny synthetic dataset: subsets, table == semi_nnUNet_evaluate, resume."""
-import json
+"""semi_nnUNet_benchmark end to end on a tiny synthetic dataset: subsets, seeds, the all-labels ceiling, gap recovery,
+the convergence check, table == semi_nnUNet_evaluate, resume (a rerun retrains nothing, an added seed runs alone)."""
+import glob
 import os
 
 import numpy as np
 import pytest
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
 
-from semi_nnunet.benchmarking.label_efficiency import BenchmarkError, choose_labeled, make_subset, trainer_names
+from semi_nnunet.benchmarking.label_efficiency import (BenchmarkError, choose_labeled, make_subset, parse_labeled,
+                                                       plan_grid, trainer_names)
 from semi_nnunet.dataset_conversion.synthetic import make_synthetic_dataset
 from semi_nnunet.run.benchmark_entrypoint import main as benchmark_main
 from semi_nnunet.run.evaluate_entrypoint import main as evaluate_main
 
-BUDGET = ["--epochs", "2", "--iterations", "2"]
+# 2 epochs of 3 iterations: a generated budget variant (it keeps the half-way snapshot after epoch 1)
+BUDGET = ["--epochs", "2", "--iterations", "3"]
 
 
 def test_subsets_are_nested_and_never_copy_a_withheld_label(tmp_path):
@@ -30,6 +33,44 @@ def test_subsets_are_nested_and_never_copy_a_withheld_label(tmp_path):
         make_subset(source, str(tmp_path / "sub2"), 953, 7, 0)
 
 
+def test_the_grid_is_a_list_of_independent_jobs(tmp_path):
+    source = make_synthetic_dataset(str(tmp_path / "raw"), 956, num_labeled=6, num_unlabeled=2, num_test=2)
+    names = ["nnUNetTrainer_2epochs_3it", "MeanTeacherTrainer_2epochs_3it"]
+    grid = plan_grid(source, "2d", ["2", "4", "all"], names, 3, 0, None, "cpu", str(tmp_path / "b"), 899, 1)
+    assert [(s.label, s.n) for s in grid.subsets] == [("2", 2), ("4", 4), ("all", 6)]
+    # seeds x (2 subsets x 2 trainers + the baseline alone on every label)
+    assert len(grid.jobs) == 3 * (2 * 2 + 1)
+    assert [j.describe() for j in grid.jobs[:5]] == [
+        "n=2 nnUNetTrainer_2epochs_3it seed 0", "n=2 MeanTeacherTrainer_2epochs_3it seed 0",
+        "n=4 nnUNetTrainer_2epochs_3it seed 0", "n=4 MeanTeacherTrainer_2epochs_3it seed 0",
+        "n=all nnUNetTrainer_2epochs_3it seed 0"]
+    folders = {j.results_folder for j in grid.jobs}
+    assert len(folders) == 3 * 3  # one nnUNet_results per subset and training seed: jobs never share outputs
+    assert len({j.result_file for j in grid.jobs}) == len(grid.jobs)
+    assert all(j.is_baseline == j.trainer.startswith("nnUNetTrainer") for j in grid.jobs)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--labeled", "2", "--repeats", "0"], r"--repeats 0: every method needs at least one training"),
+    (["--labeled", "5", "all"], r"'all' adds no labeled case: the dataset has 5 labeled cases"),
+    (["--labeled", "two"], r"'two' is not a number of labeled cases"),
+    (["--labeled", "0"], r"'0' is not a number of labeled cases"),
+    (["--labeled", "2", "--epochs", "3"], r"A budget needs both epochs and iterations"),
+    (["--labeled", "2", "--iterations", "3"], r"A budget needs both epochs and iterations"),
+    (["--labeled", "9"], r"9 labeled cases were asked for but the dataset has 5"),
+    (["--labeled", "2", "-tr", "MeanTeecherTrainer"], r"Unknown trainer 'MeanTeecherTrainer'"),
+])
+def test_bad_arguments_fail_before_anything_is_written(tmp_path, nnunet_paths, capsys, argv, message):
+    make_synthetic_dataset(nnunet_paths["nnUNet_raw"], 957, num_labeled=5, num_unlabeled=1, num_test=2)
+    out = str(tmp_path / "b")
+    with pytest.raises(SystemExit) as e:
+        benchmark_main(["-d", "957", *argv, "-o", out, "-device", "cpu"])
+    assert e.value.code == 2
+    import re
+    assert re.search(message, capsys.readouterr().err)
+    assert not os.path.exists(out)
+
+
 def test_bad_benchmark_input_fails_before_training(tmp_path, nnunet_paths, capsys):
     make_synthetic_dataset(nnunet_paths["nnUNet_raw"], 954, num_labeled=3, num_unlabeled=1)  # no test set
     with pytest.raises(SystemExit) as e:
@@ -43,50 +84,169 @@ def test_bad_benchmark_input_fails_before_training(tmp_path, nnunet_paths, capsy
         trainer_names(["MeanTeecherTrainer"], "nnUNetTrainer", 2, 2, False)
     assert trainer_names(["MeanTeacherTrainer"], "nnUNetTrainer", 3, 4, True) == [
         "nnUNetTrainer_3epochs_4it", "MeanTeacherTrainer_3epochs_4it", "MeanTeacherTrainer_3epochs_4it_HCO"]
+    assert trainer_names([], "nnUNetTrainer", 3, 4, True) == ["nnUNetTrainer_3epochs_4it"]  # the baseline alone
+    assert parse_labeled(["20", "all", "5", "5"]) == ["5", "20", "all"]
 
 
-def test_benchmark_end_to_end_matches_evaluate_and_resumes(tmp_path, nnunet_paths, monkeypatch, capsys):
+def _checkpoints(out):
+    return {p: os.path.getmtime(p) for p in glob.glob(join(out, "**", "checkpoint_final.pth"), recursive=True)}
+
+
+def _assert_rows_are_evaluate(results, raw, tmp_path):
+    """Every per-seed number is semi_nnUNet_evaluate's on that seed's predictions; seed statistics over them."""
+    for subset in results["subsets"]:
+        for name, row in subset["methods"].items():
+            assert row["seeds"] == results["training_seeds"]
+            for seed, r in row["per_seed"].items():
+                target = str(tmp_path / f"eval_{subset['label']}_{name}_{seed}")
+                evaluate_main(["-ref", join(raw, "labelsTs"), "-pred", r["prediction_folder"], "-o", target,
+                               "-np", "1"])
+                summary = load_json(join(target, "summary.json"))
+                assert r["n_test"] == summary["n_cases"] == 4
+                for metric in ("Dice", "HD95", "ASD"):
+                    assert r[metric]["mean"] == pytest.approx(summary["mean"]["1"][metric], nan_ok=True)
+                    assert r[metric]["std"] == pytest.approx(summary["std"]["1"][metric], nan_ok=True)
+                assert r["train_time_s"] > 0 and r["epochs_trained"] == 2
+            seed_means = [r["Dice"]["mean"] for r in row["per_seed"].values()]
+            assert row["Dice"]["mean"] == pytest.approx(np.mean(seed_means))
+            assert row["Dice"]["std"] == pytest.approx(np.std(seed_means, ddof=1) if len(seed_means) > 1 else 0.0)
+
+
+def _synthetic_benchmark(nnunet_paths, monkeypatch, tmp_path, trainers=("MeanTeacherTrainer",)):
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     make_synthetic_dataset(nnunet_paths["nnUNet_raw"], 955, num_labeled=5, num_unlabeled=2, num_test=4,
                            shape=(32, 32))
     out = str(tmp_path / "bench")
-    args = ["-d", "955", "-c", "2d", "--labeled", "3", "-tr", "MeanTeacherTrainer", "--no-hco", *BUDGET,
-            "-o", out, "-device", "cpu", "-np", "1"]
+    return out, ["-d", "955", "-c", "2d", "--labeled", "3", "all", "-tr", *trainers, "--no-hco", *BUDGET,
+                 "-o", out, "-device", "cpu", "-np", "1"]
+
+
+def test_baseline_curve_matches_evaluate_and_a_rerun_retrains_nothing(tmp_path, nnunet_paths, monkeypatch, capsys):
+    """The default suite's end-to-end run: the baseline alone (-tr with no name) on 3 and on every label."""
+    out, args = _synthetic_benchmark(nnunet_paths, monkeypatch, tmp_path, trainers=())
     benchmark_main(args)
+    assert "2 jobs, 2 to run. Estimated time on this machine: about" in capsys.readouterr().out
     results = load_json(join(out, "results.json"))
-    assert results["trainers"] == ["nnUNetTrainer_2epochs_2it", "MeanTeacherTrainer_2epochs_2it"]
-    (subset,) = results["subsets"]
-    assert subset["n_labeled"] == 3
-    for name, row in subset["methods"].items():
-        # the table's numbers are semi_nnUNet_evaluate's on the same predictions
-        evaluate_main(["-ref", join(nnunet_paths["nnUNet_raw"], "Dataset955_Synthetic2D", "labelsTs"),
-                       "-pred", row["prediction_folder"], "-o", str(tmp_path / f"eval_{name}"), "-np", "1"])
-        summary = load_json(join(str(tmp_path / f"eval_{name}"), "summary.json"))
-        assert row["n_test"] == summary["n_cases"] == 4
-        for metric in ("Dice", "HD95", "ASD"):
-            assert row[metric]["mean"] == pytest.approx(summary["mean"]["1"][metric], nan_ok=True)
-            assert row[metric]["std"] == pytest.approx(summary["std"]["1"][metric], nan_ok=True)
-        assert row["train_time_s"] > 0 and row["epochs_trained"] == 2
-    base, mt = subset["methods"].values()
-    assert base["wilcoxon_vs_baseline"] is None and base["time_per_iteration_ratio"] == 1.0
-    assert mt["wilcoxon_vs_baseline"]["Dice"]["n"] <= 4 and 0 <= mt["wilcoxon_vs_baseline"]["Dice"]["p_value"] <= 1
+    _assert_rows_are_evaluate(results, join(nnunet_paths["nnUNet_raw"], "Dataset955_Synthetic2D"), tmp_path)
+    for subset in results["subsets"]:
+        conv = subset["methods"]["nnUNetTrainer_2epochs_3it"]["convergence"]
+        assert np.isfinite(conv["half"]) and conv["half_epoch"] == 1
+    before = _checkpoints(out)
+    for checkpoint in before:  # the half-way snapshot beside it; nnU-Net's final validation of fold all left out
+        fold = os.path.dirname(checkpoint)
+        assert os.path.isfile(join(fold, "checkpoint_epoch1.pth")) and not os.path.exists(join(fold, "validation"))
+    benchmark_main(args)
+    assert "2 jobs, 0 to run" in capsys.readouterr().out and _checkpoints(out) == before
+
+
+@pytest.mark.slow  # 9 trainings, predictions and evaluations: about 3 min on 2 cores
+def test_benchmark_with_seeds_and_the_ceiling_matches_evaluate_and_resumes(tmp_path, nnunet_paths, monkeypatch,
+                                                                          capsys):
+    out, args = _synthetic_benchmark(nnunet_paths, monkeypatch, tmp_path)
+    # two seeds first, then a third: adding a seed trains only that seed
+    benchmark_main(args + ["--repeats", "2"])
+    captured = capsys.readouterr()
+    assert "6 jobs, 6 to run. Estimated time on this machine: about" in captured.out
+    assert "n=3 MeanTeacherTrainer_2epochs_3it seed 1" in captured.err  # the per-training progress bar
+    first = _checkpoints(out)
+    assert len(first) == 6
+    benchmark_main(args + ["--repeats", "3"])
+    assert "9 jobs, 3 to run" in capsys.readouterr().out
+    after = _checkpoints(out)
+    assert len(after) == 9 and all(after[p] == t for p, t in first.items())
+
+    results = load_json(join(out, "results.json"))
+    assert results["trainers"] == ["nnUNetTrainer_2epochs_3it", "MeanTeacherTrainer_2epochs_3it"]
+    assert results["training_seeds"] == [0, 1, 2] and results["jobs_done"] == results["jobs_total"] == 9
+    small, ceiling = results["subsets"]
+    assert (small["label"], small["n_labeled"], ceiling["label"], ceiling["n_labeled"]) == ("3", 3, "all", 5)
+    assert list(ceiling["methods"]) == ["nnUNetTrainer_2epochs_3it"]  # only the baseline trains on every label
+    base, mt = small["methods"]["nnUNetTrainer_2epochs_3it"], small["methods"]["MeanTeacherTrainer_2epochs_3it"]
+    _assert_rows_are_evaluate(results, join(nnunet_paths["nnUNet_raw"], "Dataset955_Synthetic2D"), tmp_path)
+    # paired differences, seeds ahead, the interval and gap recovery against the ceiling
+    d = mt["difference_vs_baseline"]
+    per_seed = {s: mt["per_seed"][s]["Dice"]["mean"] - base["per_seed"][s]["Dice"]["mean"] for s in ("0", "1", "2")}
+    assert d["per_seed"] == pytest.approx(per_seed) and d["mean"] == pytest.approx(np.mean(list(per_seed.values())))
+    assert d["ahead"] == sum(v > 0 for v in per_seed.values())
+    assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+    g = mt["gap_recovery"]
+    ceiling_dice = ceiling["methods"]["nnUNetTrainer_2epochs_3it"]["Dice"]["mean"]
+    assert g["gap"] == pytest.approx(ceiling_dice - base["Dice"]["mean"], abs=1e-9)
+    assert g["value"] == pytest.approx(d["mean"] / g["gap"], rel=1e-6)
+    assert len(g["ci95"]) == 2 and base["gap_recovery"] is None
+    assert mt["wilcoxon_first_seed"]["seed"] == 0 and 0 <= mt["wilcoxon_first_seed"]["Dice"]["p_value"] <= 1
+    # the convergence check: the baseline's half-way snapshot (epoch 1 of 2) evaluated on the test set
+    conv = base["convergence"]
+    half = [base["per_seed"][s]["half_budget_dice"] for s in ("0", "1", "2")]
+    assert conv["half"] == pytest.approx(np.mean(half)) and conv["half_epoch"] == 1
+    assert conv["converged"] is (abs(conv["full"] - conv["half"]) <= 0.005)
+    assert results["converged"] is (conv["converged"] and ceiling["methods"]["nnUNetTrainer_2epochs_3it"]
+                                    ["convergence"]["converged"])
+
     table = open(join(out, "results.md")).read()
-    assert f"{mt['Dice']['mean']:.4f} ± {mt['Dice']['std']:.4f}" in table and "dice_n3.png" in table
-    assert os.path.getsize(join(out, "dice_n3.png")) > 1000
+    assert "## Headline: gap recovery" in table and "Per training seed:" in table
+    assert f"{mt['Dice']['mean']:.4f} ± {mt['Dice']['std']:.4f}" in table
+    assert f"| MeanTeacherTrainer_2epochs_3it | 2 | {mt['per_seed']['2']['Dice']['mean']:.4f}" in table
+    assert f"{d['ahead']} of 3" in table
+    assert ("Not converged" in table) is (results["converged"] is False)
+    for png in ("dice_n3.png", "dice_nall.png", "dice_vs_labeled.png"):
+        assert os.path.getsize(join(out, png)) > 1000
 
     # rerun: nothing retrained or repredicted, same numbers
-    checkpoint = join(subset["root"], "nnUNet_results", subset["dataset"],
-                      "MeanTeacherTrainer_2epochs_2it__nnUNetPlans__2d", "fold_all", "checkpoint_final.pth")
-    before = os.path.getmtime(checkpoint)
-    capsys.readouterr()
-    benchmark_main(args)
-    assert os.path.getmtime(checkpoint) == before
-    assert "MeanTeacherTrainer_2epochs_2it: trained" in capsys.readouterr().out
-    again = load_json(join(out, "results.json"))["subsets"][0]["methods"]
-    assert json.dumps(again["MeanTeacherTrainer_2epochs_2it"]["Dice"]) == json.dumps(mt["Dice"])
-    assert np.isfinite(mt["seconds_per_iteration"])
+    benchmark_main(args + ["--repeats", "3"])
+    assert "9 jobs, 0 to run" in capsys.readouterr().out
+    assert _checkpoints(out) == after
+    again = load_json(join(out, "results.json"))["subsets"][0]["methods"]["MeanTeacherTrainer_2epochs_3it"]
+    assert again["Dice"] == mt["Dice"] and again["difference_vs_baseline"] == d
 
 
 def test_two_d_only_method_on_a_three_d_configuration_fails_before_training():
     with pytest.raises(BenchmarkError, match=r"HermesTrainer works on 2D images only, and the configuration is 3D"):
         trainer_names(["MeanTeacherTrainer", "HermesTrainer"], "nnUNetTrainer", 2, 2, False, dims=3)
+
+
+def _job_result(label, trainer, seed, dice, half=None, n=3, seconds_per_it=0.5):
+    cases = {f"case{i}.png": d for i, d in enumerate(dice)}
+    return {"label": label, "trainer": trainer, "train_seed": seed, "n_labeled": n, "n_test": len(dice),
+            "evaluated_model": trainer, "per_case": {"Dice": cases, "HD95": {c: 2.0 for c in cases},
+                                                     "ASD": {c: 1.0 for c in cases}},
+            "half_budget": None if half is None else {"epoch": 5, "of": 10, "Dice": {c: half for c in cases}},
+            "epochs_trained": 10, "seconds_per_iteration": seconds_per_it, "train_time_s": 60.0,
+            "prediction_folder": f"/p/{label}/{trainer}/{seed}"}
+
+
+def test_report_from_job_results_without_training(tmp_path):
+    """aggregate + write_report on hand-made job results: seed rows, gap recovery, the not-converged banner."""
+    from semi_nnunet.benchmarking.report import aggregate, write_report
+    meta = {"source": "/data/X", "configuration": "2d", "subset_seed": 0, "training_seeds": [0, 1, 2],
+            "device": "cpu", "budget": {"epochs": 10, "iterations_per_epoch": 5, "stages": None},
+            "baseline": "B", "trainers": ["B", "M"], "labeled": ["3", "all"], "jobs_total": 9,
+            "command": "semi_nnUNet_benchmark ...", "date": "2026-12-02"}
+    results = []
+    for s in range(3):
+        # half-way 0.748 .. 0.752, full 0.75: converged
+        results.append(_job_result("3", "B", s, [0.70, 0.80], half=0.75 + 0.002 * (s - 1)))
+        results.append(_job_result("all", "B", s, [0.90, 0.90], half=0.80, n=5, seconds_per_it=1.0))
+    results += [_job_result("3", "M", 0, [0.75, 0.85], seconds_per_it=1.0),
+                _job_result("3", "M", 1, [0.80, 0.90], seconds_per_it=1.0)]  # seed 2 still running
+    out = aggregate(meta, results)
+    mt = out["subsets"][0]["methods"]["M"]
+    assert mt["seeds"] == [0, 1] and mt["Dice"]["mean"] == pytest.approx(0.825)
+    assert mt["difference_vs_baseline"]["per_seed"] == {"0": pytest.approx(0.05), "1": pytest.approx(0.1)}
+    assert mt["difference_vs_baseline"]["ahead"] == 2
+    # gap: ceiling 0.9 - baseline 0.75 = 0.15; the method closes 0.075 of it. Both cases gain 0.075 (seed mean), so
+    # the difference interval is a point; resampling case 0 twice gives 0.075 / 0.2, case 1 twice 0.075 / 0.1
+    assert mt["gap_recovery"]["value"] == pytest.approx(0.5) and mt["gap_recovery"]["gap"] == pytest.approx(0.15)
+    assert mt["time_per_iteration_ratio"] == pytest.approx(2.0)
+    assert out["subsets"][0]["methods"]["B"]["convergence"]["converged"] is True
+    assert out["subsets"][1]["methods"]["B"]["convergence"]["converged"] is False  # 0.80 -> 0.90
+    assert out["converged"] is False and out["jobs_done"] == 8
+    write_report(out, str(tmp_path), quiet=True)
+    md = open(tmp_path / "results.md").read()
+    assert md.startswith("> **Not converged:**") and "n = all" in md
+    assert ("| 3 | M | 2 of 3 | 0.8250 ± 0.0354 | +0.0750 [+0.0750, +0.0750] | 2 of 2 | +0.50 [+0.38, +0.75] | 2.00 |"
+            in md)
+    assert "| M | 1 | 0.8500 ± 0.0500 | +0.1000 |" in md
+    assert "| all | 0.8000 (epoch 5) | 0.9000 | +0.1000 | **no** |" in md
+    for png in ("gap_recovery.png", "dice_vs_labeled.png", "dice_n3.png", "dice_nall.png"):
+        assert os.path.getsize(tmp_path / png) > 1000
