@@ -163,7 +163,7 @@ def markdown(results: dict) -> str:
               f"{', '.join(map(str, results['training_seeds']))}; device {results['device']}; budget: "
               + (f"{budget['epochs']} epochs x {budget['iterations_per_epoch']} iterations"
                  if budget["epochs"] else "each trainer's own schedule")
-              + (f", {budget['stages']} pseudo-label stages" if budget["stages"] is not None else "")
+              + (f", pseudo-label stages: {budget['stages']}" if budget["stages"] is not None else "")
               + f". Date {results['date']}. Jobs done: {results['jobs_done']} of {results['jobs_total']}. "
               f"Total training time {results['total_train_time_s'] / 3600:.2f} h.", "",
               f"Command: `{results['command']}`", ""]
@@ -182,7 +182,8 @@ def markdown(results: dict) -> str:
                          f"{_diff(row)} | {_ahead(row)} | {_gap(row)} | {_f(row['time_per_iteration_ratio'], 2)} |")
     lines += ["", "Gap recovery = (Dice_method − Dice_supervised(n)) / (Dice_supervised(all) − Dice_supervised(n)): "
               "the share of the gap to labelling every case that the unlabeled images close"
-              + ("" if ceiling else " (needs `all` in --labeled; not run)") + ". Δ: the paired difference to the "
+              + ("" if ceiling else " (its `all` row has not finished yet)" if "all" in results["labeled"]
+                 else " (needs `all` in --labeled)") + ". Δ: the paired difference to the "
               "baseline trained with the same seed, averaged over seeds; ahead in: seeds where the method's test "
               "Dice is higher. Intervals: bootstrap over test cases (10,000 resamples, seeds averaged per case).", ""]
     if ceiling or len(results["subsets"]) > 1:
