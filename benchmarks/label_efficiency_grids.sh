@@ -1,19 +1,60 @@
 #!/usr/bin/env bash
 # The converged, multi-seed label-efficiency grids recorded in documentation/benchmarks.md (issue: a benchmark that
 # can be trusted). Resumable: rerun the same script and only unfinished jobs run. Usage:
-#   DATA=../shared/data WORK=/path/with/space bash benchmarks/label_efficiency_grids.sh
-# Each grid runs on its own core with one thread, so both progress side by side on a 2-core machine.
+#   DATA=../shared/data WORK=/path/with/space bash benchmarks/label_efficiency_grids.sh [hc18|hc18_n20|hippo] ...
+# Each grid is run by two workers (the same command started twice, each on its own core with one thread; a job's
+# lock file hands every job to one of them). Finished jobs' result files are kept in the repository
+# (documentation/benchmarks/<grid>/jobs/) and copied back into WORK first, so a fresh machine resumes the grid
+# from them: `save` copies WORK's finished jobs into the repository.
 set -euo pipefail
 : "${DATA:?set DATA to the folder holding HC18/ and Hippocampus_MSD_Task04/}" "${WORK:?set WORK}"
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+# Every job of a grid runs the same code: the commit the grids started with (methods change under later issues), in a
+# worktree on PYTHONPATH, which comes before the editable install (console scripts do not put the cwd on sys.path).
+CODE_COMMIT=${CODE_COMMIT:-HEAD}
+CODE=$WORK/grid_code
+[ -d "$CODE" ] || git -C "$REPO" worktree add --detach "$CODE" "$CODE_COMMIT"
+export PYTHONPATH=$CODE${PYTHONPATH:+:$PYTHONPATH}
 export nnUNet_raw=$WORK/raw nnUNet_preprocessed=$WORK/pre nnUNet_results=$WORK/res
 export nnUNet_n_proc_DA=0 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+mkdir -p "$WORK"
 [ -d "$nnUNet_raw/Dataset832_HC18S64" ] || semi_nnUNet_convert_hc18 -i "$DATA/HC18/training_set" -d 832 -n HC18S64 \
     --num-labeled 100 --num-unlabeled 200 --num-test 100 --max-size 64
 [ -d "$nnUNet_raw/Dataset840_HippoB" ] || semi_nnUNet_convert_msd_hippocampus -i "$DATA/Hippocampus_MSD_Task04" \
     -d 840 -n HippoB --num-labeled 40 --num-unlabeled 120 --num-test 50
-taskset -c 0 semi_nnUNet_benchmark -d 832 -c 2d --labeled 5 all \
-    -tr MeanTeacherTrainer MeanTeacherTrainer_HCO SemiCervixTrainer HermesTrainer --no-hco --stages 1 \
-    --epochs 80 --iterations 50 --repeats 3 -o "$WORK/hc18_grid" -device cpu -np 2 > "$WORK/grid_hc18.log" 2>&1 &
-taskset -c 1 semi_nnUNet_benchmark -d 840 -c 3d_fullres --labeled 10 -tr MeanTeacherTrainer --no-hco \
-    --epochs 30 --iterations 50 --repeats 3 -o "$WORK/hippo_grid" -device cpu -np 1 > "$WORK/grid_hippo.log" 2>&1 &
-wait
+
+jobs_copy() {  # jobs_copy FROM TO: every <subset>/seed<t>/jobs/*.json under FROM, into the same place under TO
+    (cd "$1" && find . -path '*/seed*/jobs/*.json' -print0) | while IFS= read -r -d '' f; do
+        [ -f "$2/$f" ] || { mkdir -p "$2/$(dirname "$f")" && cp -p "$1/$f" "$2/$f"; }
+    done
+}
+
+grid() {  # grid NAME ARGS...: restore, then two workers, then save
+    local name=$1; shift
+    local kept="$REPO/documentation/benchmarks/$name/jobs"
+    mkdir -p "$WORK/$name"
+    [ -d "$kept" ] && jobs_copy "$kept" "$WORK/$name"
+    for core in 0 1; do
+        taskset -c $core semi_nnUNet_benchmark "$@" -o "$WORK/$name" -device cpu -np 1 \
+            > "$WORK/$name.worker$core.log" 2>&1 &
+        sleep 120  # the first worker plans and preprocesses the subsets; the second waits on their lock anyway
+    done
+    wait
+    jobs_copy "$WORK/$name" "$kept"
+}
+
+save() { for name in hc18_grid hc18_n20_grid hippo_grid; do
+    [ -d "$WORK/$name" ] && mkdir -p "$REPO/documentation/benchmarks/$name/jobs" \
+        && jobs_copy "$WORK/$name" "$REPO/documentation/benchmarks/$name/jobs"
+    [ -f "$WORK/$name/results.md" ] && cp "$WORK/$name"/results.* "$WORK/$name"/*.png \
+        "$REPO/documentation/benchmarks/$name/" 2>/dev/null || true; done; }
+
+for what in "${@:-hc18}"; do case $what in
+    hc18) grid hc18_grid -d 832 -c 2d --labeled 5 all \
+        -tr MeanTeacherTrainer MeanTeacherTrainer_HCO SemiCervixTrainer HermesTrainer --no-hco --stages 1 \
+        --epochs 80 --iterations 50 --repeats 3 ;;
+    hippo) grid hippo_grid -d 840 -c 3d_fullres --labeled 10 -tr MeanTeacherTrainer --no-hco \
+        --epochs 30 --iterations 50 --repeats 3 ;;
+    save) save ;;
+    *) echo "unknown grid $what (hc18, hippo, save)"; exit 2 ;;
+esac; done

@@ -236,6 +236,11 @@ class Job:
         return join(self.folder, "jobs", f"{self.trainer}.json")
 
     @property
+    def lock_file(self) -> str:
+        """Held while a worker runs the job (:func:`run_grid`)."""
+        return join(self.folder, "jobs", f"{self.trainer}.lock")
+
+    @property
     def log_file(self) -> str:
         return join(self.folder, "logs", f"{self.trainer}.log")
 
@@ -316,7 +321,9 @@ def plan_grid(source: str, configuration: str, labeled: Sequence[str], names: Se
 def prepare_subset(subset: Subset, num_processes: int = 2) -> str:
     """Write, plan and preprocess the subset (reused when done). Returns its raw folder."""
     from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
-    with nnunet_paths(subset.root) as paths:
+    from semi_nnunet.utilities.file_ops import claim
+    maybe_mkdir_p(subset.root)
+    with claim(join(subset.root, "prepare.lock"), wait=5), nnunet_paths(subset.root) as paths:
         raw = make_subset(subset.source, paths["nnUNet_raw"], subset.dataset_id, subset.n, subset.subset_seed)
         plans = join(paths["nnUNet_preprocessed"], os.path.basename(raw), "nnUNetPlans.json")
         if not isfile(plans) or subset.configuration not in load_json(plans)["configurations"]:
@@ -424,15 +431,25 @@ def load_results(grid: Grid) -> List[dict]:
 def run_grid(grid: Grid, on_progress: Optional[Callable[[Grid], None]] = None,
              run: Callable[[Job], dict] = run_job) -> List[dict]:
     """The local executor: prepare every subset, then run the jobs one after the other (``on_progress`` after each
-    one, e.g. to rewrite the report). A job's result on disk means done, so a rerun continues where it stopped."""
+    one, e.g. to rewrite the report). A job's result on disk means done, so a rerun continues where it stopped.
+
+    Several workers may run the same grid at once (the same command started once per core or per machine sharing
+    the folder): a worker holds a job's lock file (``jobs/<trainer>.lock``) while it runs it and skips jobs another
+    live worker holds; a subset is prepared by one worker while the others wait."""
     from tqdm import tqdm
+    from semi_nnunet.utilities.file_ops import claim
     for subset in grid.subsets:
         prepare_subset(subset, grid.jobs[0].num_processes if grid.jobs else 2)
     todo = [j for j in grid.jobs if not j.done()]
     if on_progress is not None:
         on_progress(grid)
     for job in tqdm(todo, desc="benchmark jobs", unit="job", disable=not todo):
-        run(job)
+        with claim(job.lock_file) as mine:
+            if not mine or job.done():
+                if not mine:
+                    print(f"{job.describe()}: another worker runs it, skipped")
+                continue
+            run(job)
         if on_progress is not None:
             on_progress(grid)
     return load_results(grid)

@@ -250,3 +250,22 @@ def test_report_from_job_results_without_training(tmp_path):
     assert "| all | 0.8000 (epoch 5) | 0.9000 | +0.1000 | **no** |" in md
     for png in ("gap_recovery.png", "dice_vs_labeled.png", "dice_n3.png", "dice_nall.png"):
         assert os.path.getsize(tmp_path / png) > 1000
+
+
+def test_two_workers_on_one_grid_run_each_job_once(tmp_path, monkeypatch):
+    """The local executor with a job another live worker holds: it is skipped (not run twice), the rest run."""
+    import socket
+    from semi_nnunet.benchmarking import label_efficiency as le
+    source = make_synthetic_dataset(str(tmp_path / "raw"), 957, num_labeled=4, num_unlabeled=2, num_test=2)
+    names = ["nnUNetTrainer_2epochs_3it", "MeanTeacherTrainer_2epochs_3it"]
+    grid = plan_grid(source, "2d", ["2"], names, 2, 0, None, "cpu", str(tmp_path / "b"), 898, 1)
+    held = grid.jobs[1]
+    os.makedirs(os.path.dirname(held.lock_file))
+    with open(held.lock_file, "w") as f:  # the other worker: this test's parent process, alive
+        f.write(f"{socket.gethostname()}:{os.getppid()}")
+    ran = []
+    monkeypatch.setattr(le, "prepare_subset", lambda subset, num_processes=2: None)  # the fake run needs none
+    le.run_grid(grid, run=lambda job: ran.append(job.describe()))
+    assert ran == [j.describe() for j in grid.jobs if j is not held]
+    assert os.path.isfile(held.lock_file)  # still the other worker's
+    assert not any(os.path.exists(j.lock_file) for j in grid.jobs if j is not held)
