@@ -11,7 +11,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 # Every job of a grid runs the same code: the commit the grids started with (methods change under later issues), in a
 # worktree on PYTHONPATH, which comes before the editable install (console scripts do not put the cwd on sys.path).
-CODE_COMMIT=${CODE_COMMIT:-HEAD}
+CODE_COMMIT=${CODE_COMMIT:-d68d24c}  # the HC18 and Hippocampus grids of 2026-12-02
 CODE=$WORK/grid_code
 [ -d "$CODE" ] || git -C "$REPO" worktree add --detach "$CODE" "$CODE_COMMIT"
 export PYTHONPATH=$CODE${PYTHONPATH:+:$PYTHONPATH}

@@ -49,11 +49,37 @@ def optimizer_variant(base: type, suffix: str) -> type:
                  f"{base.__name__} with optimizer {optimizer}.")
 
 
+# what every stage takes from its initial trainer, wherever in its classes it is set (the shared base's training
+# hyperparameters)
+STAGE_CARRIED = ("schedule", "optimizer_name", "adamw_initial_lr", "hco_start_epoch", "hco_lr_scale",
+                 "unlabeled_batch_size")
+
+
+def stage_attributes(base: type) -> Dict[str, object]:
+    """The class attributes stage trainers of ``base`` inherit: :data:`STAGE_CARRIED`, and every attribute the stage
+    trainer also has that a subclass of the method class sets (the method class is the one that names
+    ``stage_trainer``; a variant of it, generated or written, may set e.g. ``pseudo_weight`` or
+    ``pseudo_sampling`` for its stages). The method class's own choices for its first stage (``use_teacher``,
+    ``num_strong_views``, its log keys) stay with it."""
+    mro = base.__mro__
+    owner = next(i for i, c in enumerate(mro) if "stage_trainer" in vars(c))
+    out: Dict[str, object] = {}
+    for cls in reversed(mro[:owner]):  # nearest to the method class first, so the most derived setting wins
+        for key, value in vars(cls).items():
+            if key.startswith("_") or key in ("stage_trainer", "num_stages") or callable(value) \
+                    or isinstance(value, (property, classmethod, staticmethod)):
+                continue
+            if hasattr(base.stage_trainer, key):
+                out[key] = value
+    out.update({key: getattr(base, key) for key in STAGE_CARRIED})
+    return out
+
+
 def stage_variant(base: type, stage: int) -> type:
-    """Stage ``stage`` of the staged trainer ``base``: its ``stage_trainer`` with base's schedule and optimizer."""
+    """Stage ``stage`` of the staged trainer ``base``: its ``stage_trainer`` with the attributes of
+    :func:`stage_attributes` (schedule, optimizer, learning rate, batch sizes, a variant's stage settings)."""
     return _make(f"{base.__name__}_stage{stage}", (base.stage_trainer,),
-                 {"stage": stage, "initial_trainer": base.__name__, "schedule": base.schedule,
-                  "optimizer_name": base.optimizer_name, "hco_start_epoch": base.hco_start_epoch},
+                 {**stage_attributes(base), "stage": stage, "initial_trainer": base.__name__},
                  f"Stage {stage} of {base.__name__}: a fresh network on ground truth + stage-{stage} pseudo-labels.")
 
 

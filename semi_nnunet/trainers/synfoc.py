@@ -50,8 +50,8 @@ from semi_nnunet.run.train_api import TrainingError
 from semi_nnunet.trainers.base import SemiSupervisedTrainer
 from semi_nnunet.trainers.ema import ema_decay
 from semi_nnunet.trainers.optimizers import build_optimizer
-from semi_nnunet.trainers.synfoc_losses import (cdcr, confident_labels, cutmix_boxes, fuse, masked_ce, resize_labels,
-                                                resize_probs, smc_weight, soft_dice_loss)
+from semi_nnunet.trainers.pseudo_label_losses import confident_labels, cutmix_boxes, masked_ce, soft_dice_loss
+from semi_nnunet.trainers.synfoc_losses import cdcr, fuse, resize_labels, resize_probs, smc_weight
 from semi_nnunet.trainers.variants import nnUNetTrainer_2epochs_2it, nnUNetTrainer_demo
 from semi_nnunet.trainers.views import cutmix
 

@@ -1,18 +1,17 @@
 """SynFoC's loss pieces as plain functions (spec ``shared/methods/synfoc.md`` section b; formulas from the authors'
-code): self-mutual confidence (SMC), the fused pseudo-label, CutMix boxes, masked CE / Dice and CDCR.
+code): self-mutual confidence (SMC), the fused pseudo-label and CDCR; the confidence mask, CutMix boxes and masked
+CE / Dice it shares with UniMatch are in :mod:`semi_nnunet.trainers.pseudo_label_losses`.
 
 Shapes: probabilities and logits ``(B, C, H, W)`` with ``C`` classes (background first); hard labels ``(B, H, W)``
 or ``(B, 1, H, W)`` integer-valued; masks ``(B, 1, H, W)`` of 0/1. The SAM maps live at SAM's low resolution, the
 U-Net maps at the patch size; :func:`resize_labels` (nearest) and :func:`resize_probs` (bilinear) move between them.
 """
-import math
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 EPS_ENTROPY = 1e-10  # probabilities are clamped to [1e-10, 1] before the entropy (code)
-EPS_DICE = 1e-10
 
 
 def resize_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -53,59 +52,6 @@ def fuse(prob_sam: torch.Tensor, prob_unet: torch.Tensor, lam: torch.Tensor) -> 
     """``P_i = (1 - lambda_i) * bilinear(P_F,i -> U-Net size) + lambda_i * P_U,i``."""
     lam = lam.view(-1, *[1] * (prob_unet.dim() - 1)).to(prob_unet.dtype)
     return (1 - lam) * resize_probs(prob_sam, prob_unet.shape[2:]) + lam * prob_unet
-
-
-def confident_labels(probs: torch.Tensor, threshold: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Hard labels ``argmax P`` ``(B, H, W)`` and the confidence mask ``1[max P > threshold]`` ``(B, 1, H, W)``."""
-    top, labels = probs.max(1)
-    return labels, (top > threshold).unsqueeze(1).to(probs.dtype)
-
-
-def cutmix_boxes(batch_size: int, shape: Sequence[int], area: Tuple[float, float] = (0.02, 0.4),
-                 aspect: Tuple[float, float] = (0.3, 1 / 0.3), generator: Optional[torch.Generator] = None,
-                 device=None) -> torch.Tensor:
-    """One box per sample (SynFoC's ``obtain_cutmix_box`` with p = 1): area ``U(area)`` of the image, aspect ratio
-    ``U(aspect)``, top-left corner uniform, redrawn until it fits (clipped after 100 draws). ``(B, 1, H, W)``."""
-    h_img, w_img = int(shape[0]), int(shape[1])
-    mask = torch.zeros((batch_size, 1, h_img, w_img), device=device)
-
-    def uniform(lo, hi):
-        return lo + (hi - lo) * float(torch.rand(1, generator=generator))
-
-    for i in range(batch_size):
-        size = uniform(*area) * h_img * w_img
-        for _ in range(100):
-            ratio = uniform(*aspect)
-            w, h = int(math.sqrt(size / ratio)), int(math.sqrt(size * ratio))
-            x = int(torch.randint(0, w_img, (1,), generator=generator))
-            y = int(torch.randint(0, h_img, (1,), generator=generator))
-            if x + w <= w_img and y + h <= h_img:
-                break
-        else:
-            w, h = min(w, w_img), min(h, h_img)
-            x, y = w_img - w, h_img - h
-        mask[i, 0, y:y + h, x:x + w] = 1
-    return mask
-
-
-def masked_ce(logits: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Pixel CE times the mask, averaged over **all** pixels (masked-out pixels count as zeros, as in the code)."""
-    ce = F.cross_entropy(logits.float(), target.long().reshape(logits.shape[0], *logits.shape[2:]), reduction="none")
-    return (ce * mask[:, 0]).mean() if mask is not None else ce.mean()
-
-
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """SynFoC's Dice loss: softmax, one-hot over all C classes, per class over the whole batch with squared
-    denominators ``1 - (2 sum(p y m) + eps) / (sum(p^2 m) + sum(y^2 m) + eps)``, mean over classes. The mask
-    restricts every class's sums (the code leaves the background term unmasked, a quirk we do not copy)."""
-    probs = torch.softmax(logits.float(), 1)
-    onehot = F.one_hot(target.long().reshape(logits.shape[0], *logits.shape[2:]), logits.shape[1])
-    onehot = onehot.permute(0, 3, 1, 2).to(probs.dtype)
-    m = torch.ones_like(probs[:, :1]) if mask is None else mask.to(probs.dtype)
-    dims = (0, 2, 3)
-    inter = (probs * onehot * m).sum(dims)
-    denom = (probs * probs * m).sum(dims) + (onehot * m).sum(dims)
-    return (1 - (2 * inter + EPS_DICE) / (denom + EPS_DICE)).mean()
 
 
 def cdcr(sam_logits: torch.Tensor, unet_logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -56,3 +56,32 @@ def test_bad_consistency_space_is_refused(trainers):
         {**plans, "continue_training": False}, config, 0, dataset_json, torch.device("cpu"))
     with pytest.raises(ValueError, match="cons_space must be 'logits' or 'softmax', not 'probs'"):
         trainer.unlabeled_loss({"views": [torch.zeros(1, 1, 8, 8)]}, {})
+
+
+def test_stage_trainers_inherit_every_setting_of_a_variant():
+    """A variant of the staged trainer sets a learning rate, batch sizes and its stages' pseudo-label weight: its
+    stages keep them (they reverted to the defaults before); the method's stage-0 choices do not leak into stages."""
+    from semi_nnunet.trainers.generated import budget_variant, optimizer_variant, stage_variant
+    from semi_nnunet.trainers.pseudo_label import PseudoLabelTrainer
+    from semi_nnunet.trainers.semi_cervixseg import SemiCervixTrainer
+
+    class TunedCervix(SemiCervixTrainer):
+        optimizer_name = "adamw"
+        adamw_initial_lr = 3e-4
+        unlabeled_batch_size = 6
+        pseudo_weight = 0.5
+        lambda_cons = 0.3  # stage 0 only: the stage trainer has no such attribute
+
+    stage = stage_variant(TunedCervix, 2)
+    assert (stage.optimizer_name, stage.adamw_initial_lr, stage.unlabeled_batch_size, stage.pseudo_weight) == \
+        ("adamw", 3e-4, 6, 0.5)
+    assert stage.stage == 2 and stage.initial_trainer == "TunedCervix" and issubclass(stage, PseudoLabelTrainer)
+    assert not hasattr(stage, "lambda_cons") and stage.method_log_keys == PseudoLabelTrainer.method_log_keys
+    assert stage.num_stages == 0 and stage.stage_trainer is None  # a stage is not itself staged
+    # generated suffixes compose: a budget and HCO on the variant reach its stages too
+    hco = stage_variant(optimizer_variant(budget_variant(TunedCervix, 6, 3), "HCO"), 1)
+    assert hco.optimizer_name == "hco_adamw" and hco.adamw_initial_lr == 3e-4 and hco.pseudo_weight == 0.5
+    assert hco.schedule["num_epochs"] == 6 and hco.schedule["num_iterations_per_epoch"] == 3
+    # the plain method's stages: nnU-Net's defaults, as before
+    plain = stage_variant(SemiCervixTrainer, 1)
+    assert plain.optimizer_name is None and plain.pseudo_weight == 1.0 and plain.unlabeled_batch_size is None

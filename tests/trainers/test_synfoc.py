@@ -11,8 +11,8 @@ from semi_nnunet.networks.sam import (MEDSAM_FILE, SAM_CHECKPOINT_ENV, SAMCheckp
                                       build_sam_student, ema_update_trainable_, frozen_encoder_names,
                                       load_sam_weights, make_sam_teacher, resolve_checkpoint, to_sam_input)
 from semi_nnunet.optim.grouped import GroupedPolyLR, GroupedTwoGradientOptimizer, grouped_optimizer
-from semi_nnunet.trainers.synfoc_losses import (cdcr, confident_labels, cutmix_boxes, dice_per_sample, fuse,
-                                                masked_ce, smc_weight, soft_dice_loss)
+from semi_nnunet.trainers.pseudo_label_losses import confident_labels, cutmix_boxes, masked_ce, soft_dice_loss
+from semi_nnunet.trainers.synfoc_losses import cdcr, dice_per_sample, fuse, smc_weight
 
 
 def block_mask(size, top, left, h, w, value=1):
