@@ -11,6 +11,12 @@ The engine is ``semi_nnunet.inference.predict_api`` (the one behind ``semi_nnUNe
 outputs are averaged in memory. With ``save_maps`` the ensemble's confidence (max probability) and entropy (nats) are
 saved next to each pseudo-label as ``<case>_confidence.npy`` / ``<case>_entropy.npy`` (float16, preprocessed space;
 nnU-Net's loaders list cases by ``.b2nd`` and ignore them).
+
+With ``confidence_threshold`` (a staged trainer's ``pseudo_confidence_threshold``) every voxel whose ensemble
+confidence is below it gets the *ignore value* instead of its argmax: the dataset's ignore label if it has one, else
+one above its largest label; the stage trainer leaves those voxels out of its pseudo-label loss (nnU-Net's ignore-label
+handling), so a stage learns only from voxels its teacher was sure of. ``provenance.json`` records the threshold,
+the value and the fraction of voxels ignored.
 """
 import datetime
 import os
@@ -37,9 +43,11 @@ def is_complete(folder: str, expected_cases: Sequence[str]) -> bool:
 def predict_pseudo_labels(model_folder: str, folds: Sequence[Union[int, str]], unlabeled_folder: str,
                           output_folder: str, provenance: dict, checkpoint_name: str = "checkpoint_final.pth",
                           device: str = "cpu", use_mirroring: bool = False,
-                          cases: Optional[List[str]] = None, save_maps: bool = False) -> str:
+                          cases: Optional[List[str]] = None, save_maps: bool = False,
+                          confidence_threshold: Optional[float] = None) -> str:
     """Predict hard pseudo-labels for the cases of ``unlabeled_folder`` with the ensemble of ``folds`` of
-    ``model_folder`` (softmax outputs averaged) into ``output_folder``. Returns ``output_folder``."""
+    ``model_folder`` (softmax outputs averaged) into ``output_folder``; voxels below ``confidence_threshold`` get
+    :func:`ignore_value`. Returns ``output_folder``."""
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
 
@@ -51,6 +59,8 @@ def predict_pseudo_labels(model_folder: str, folds: Sequence[Union[int, str]], u
     predictor = load_predictor(Member(model_folder, list(folds), checkpoint_name), torch.device(device),
                                use_mirroring)
     label_manager = predictor.label_manager
+    ignore = ignore_value(label_manager) if confidence_threshold is not None else None
+    ignored = []
     collect = label_manager.foreground_regions if label_manager.has_regions else label_manager.foreground_labels
     patch = tuple(predictor.configuration_manager.patch_size)
     dataset = UnlabeledDataset(unlabeled_folder, cases)
@@ -66,6 +76,10 @@ def predict_pseudo_labels(model_folder: str, folds: Sequence[Union[int, str]], u
         data = np.asarray(data[:], dtype=np.float32)
         probabilities = fold_average(predictor, torch.from_numpy(data))
         seg = np.asarray(label_manager.convert_probabilities_to_segmentation(probabilities))[None]
+        if ignore is not None:
+            unsure = confidence_and_entropy(probabilities)[0].numpy()[None] < confidence_threshold
+            seg = np.where(unsure, ignore, seg)
+            ignored.append(float(unsure.mean()))
         seg = seg.astype(np.int16 if seg.max() > 127 else np.int8)
         properties = {**properties, "class_locations": DefaultPreprocessor._sample_foreground_locations(seg, collect)}
         blocks, chunks = comp_blosc2_params(data.shape, patch, data.itemsize)
@@ -82,10 +96,22 @@ def predict_pseudo_labels(model_folder: str, folds: Sequence[Union[int, str]], u
     shutil.rmtree(staging, ignore_errors=True)
     save_json_atomic({**provenance, "model_folder": model_folder, "folds": [str(f) for f in folds],
                       "checkpoint": checkpoint_name, "mirroring": use_mirroring, "average": "probabilities",
-                      "maps": save_maps,
+                      "maps": save_maps, "confidence_threshold": confidence_threshold, "ignore_value": ignore,
+                      "ignored_fraction": float(np.mean(ignored)) if ignored else None,
                       "date": datetime.datetime.now().isoformat(timespec="seconds"), "cases": cases},
                      join(output_folder, PROVENANCE))
     return output_folder
+
+
+def ignore_value(label_manager) -> int:
+    """The label that marks a voxel to leave out of a loss: the dataset's ignore label, else its largest label + 1
+    (nnU-Net requires an ignore label to be the largest). Refused for region-based datasets (no single argmax)."""
+    if label_manager.has_regions:
+        raise ValueError("pseudo_confidence_threshold needs mutually exclusive labels; this dataset is region-based "
+                         "(set pseudo_confidence_threshold = None).")
+    if label_manager.has_ignore_label:
+        return int(label_manager.ignore_label)
+    return int(max(label_manager.all_labels)) + 1
 
 
 def confidence_and_entropy(probabilities: torch.Tensor, regions: bool = False):

@@ -170,7 +170,9 @@ def run_stages(dataset, configuration: str, trainer: str, folds: Optional[Sequen
             predict_pseudo_labels(step.model_folder, source, unlabeled, step.output,
                                   {"stage": k, "fold": str(step.fold), "trainer": step.trainer},
                                   checkpoint_name, device, use_mirroring, cases,
-                                  save_maps=getattr(find_trainer_class(trainer), "pseudo_label_maps", False))
+                                  save_maps=getattr(find_trainer_class(trainer), "pseudo_label_maps", False),
+                                  confidence_threshold=getattr(find_trainer_class(trainer),
+                                                               "pseudo_confidence_threshold", None))
         if stop_agreement is not None and k >= 2:
             agreement = [label_agreement(pseudo[k - 1][f], pseudo[k][f]) for f in pseudo[k]]
             mean = sum(a for a in agreement if a is not None) / max(1, sum(a is not None for a in agreement))

@@ -41,7 +41,7 @@ from torch import distributed as dist
 from torch._dynamo import OptimizedModule
 
 from semi_nnunet.planners.preprocessing import unlabeled_folder_name
-from semi_nnunet.trainers.ema import ema_decay, ema_update_, make_teacher
+from semi_nnunet.trainers.ema import budget_decay, ema_decay, ema_update_, make_teacher
 from semi_nnunet.trainers.optimizers import HCOScaler, build_optimizer, clip_, is_two_gradient
 from semi_nnunet.trainers.progress import append_curves_to_progress_png
 from semi_nnunet.trainers.ramps import RAMPS
@@ -65,7 +65,8 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
     unlabeled_batch_size: Optional[int] = None  # None: the labeled batch size
     num_strong_views: int = 1
     use_teacher: bool = True
-    ema_decay: float = 0.99
+    ema_decay: float = 0.99  # the paper's decay: the cap of the budget rule (ema.budget_decay)
+    ema_horizon_fraction: Optional[float] = 0.02  # EMA horizon <= this fraction of the run; None: ema_decay always
     rampup: str = "sigmoid"  # key of semi_nnunet.trainers.ramps.RAMPS
     rampup_fraction: float = 0.4  # ramp length as a fraction of all training iterations
     joint_losses: bool = False
@@ -120,9 +121,21 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
         return sup, unsup, {**logs, **logs_u}
 
     # ------------------------------------------------------------------ helpers for methods
+    @property
+    def total_iterations(self) -> int:
+        """Training iterations of the whole run: every schedule (ramps, thresholds, EMA horizon) is a fraction of it."""
+        return self.num_epochs * self.num_iterations_per_epoch
+
+    def teacher_decay(self, decay: Optional[float] = None) -> float:
+        """This step's EMA decay: the budget rule (:func:`~semi_nnunet.trainers.ema.budget_decay`) on ``decay``
+        (default ``ema_decay``), then Mean Teacher's warm-up."""
+        target = budget_decay(self.ema_decay if decay is None else decay, self.ema_horizon_fraction,
+                              self.total_iterations)
+        return ema_decay(self.global_step, target)
+
     def unlabeled_weight(self, weight: float = 1.0) -> float:
         """``weight`` times the ramp-up (``rampup`` over ``rampup_fraction`` of all iterations)."""
-        length = self.rampup_fraction * self.num_epochs * self.num_iterations_per_epoch
+        length = self.rampup_fraction * self.total_iterations
         return weight * RAMPS[self.rampup](self.global_step, length)
 
     @staticmethod
@@ -328,7 +341,7 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
 
     def after_step(self) -> None:
         if self.teacher is not None:
-            ema_update_(self.teacher, self.unwrapped_network(), ema_decay(self.global_step, self.ema_decay))
+            ema_update_(self.teacher, self.unwrapped_network(), self.teacher_decay())
         self.global_step += 1
 
     def train_step(self, batch: dict) -> dict:

@@ -199,10 +199,6 @@ class HermesTrainer(SemiSupervisedTrainer):
     def attention_features(self, taps: UNetTaps) -> List[torch.Tensor]:
         return [taps.stage_output(i, dec).detach() for i, dec in self._attention_stages]
 
-    @property
-    def total_iterations(self) -> int:
-        return self.num_epochs * self.num_iterations_per_epoch
-
     def select(self, probs: torch.Tensor, segmentation: bool):
         """``(keep_for_loss, keep_as_anchor, pseudo, kappa, tau)`` by the dual threshold of ``threshold_mode``."""
         t, total = self.global_step, self.total_iterations

@@ -4,7 +4,10 @@
 
 * ``L_sup``: nnU-Net's deep-supervised Dice+CE on ground truth (the base's default).
 * The teacher (EMA of the student, decay ``ema_decay`` with the ``min(1 - 1/(t+1), decay)`` warm-up) sees the weak
-  view; the student sees the strong view of the same patch (same geometry), so no inverse transform is needed.
+  view. Budget rule: the decay is ``min(ema_decay, 1 - 1/(0.02 T))`` for a run of ``T`` iterations
+  (``ema_horizon_fraction``), so the teacher averages over at most 2 % of the run: 0.99 (the paper's) from 5,000
+  iterations up, nnU-Net's 250,000 included; 0.9875 at 4,000; 0.6875 at the demo's 160. The student sees the
+  strong view of the same patch (same geometry), so no inverse transform is needed.
 * ``w(t) = consistency_weight * exp(-5 (1 - t/T)^2)``, ``T = rampup_fraction`` of all iterations.
 * The consistency is on full-resolution probabilities (MSE), as in the medical Mean Teacher line (UA-MT, Yu et al.
   2019: weight 0.1, EMA 0.99), which these defaults follow.

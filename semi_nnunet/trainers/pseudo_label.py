@@ -11,8 +11,13 @@ ground-truth term stays apart and HCO can trust it (``L_L`` = ground truth, ``L_
 The pseudo-labels of stage ``stage`` for fold ``fold`` live in the initial trainer's results folder,
 ``<initial_trainer>__<plans>__<config>/pseudo_labels/stage_<stage>/fold_<fold>/`` (preprocessed cases with their
 pseudo-label and a ``provenance.json``), never beside ground truth. ``semi_nnunet.stages`` makes them.
+
+``pseudo_confidence_threshold`` (set on the staged trainer, its stages inherit it): the pseudo-labels mark voxels whose
+ensemble confidence is below it with an ignore value (``semi_nnunet.stages.pseudo_labels.ignore_value``), and the
+pseudo-label loss is nnU-Net's Dice+CE built with that ignore label: those voxels count in neither term. The
+ground-truth loss is nnU-Net's own, unchanged.
 """
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join
@@ -34,6 +39,7 @@ class PseudoLabelTrainer(SemiSupervisedTrainer):
     stage: int = 1
     initial_trainer: str = ""  # the trainer whose results folder holds the pseudo-labels
     pseudo_weight: float = 1.0
+    pseudo_confidence_threshold: Optional[float] = None  # None: every voxel's argmax; e.g. 0.9: confident ones only
     use_teacher = False
     num_strong_views = 0
     method_log_keys = ("pseudo_loss",)
@@ -61,6 +67,19 @@ class PseudoLabelTrainer(SemiSupervisedTrainer):
             initial_patch_size, self.configuration_manager.patch_size, self.label_manager,
             oversample_foreground_percent=self.oversample_foreground_percent, transforms=transforms))
 
+    def initialize(self):
+        super().initialize()
+        self.pseudo_loss = self.loss
+        if self.pseudo_confidence_threshold is not None and not self.label_manager.has_ignore_label:
+            from semi_nnunet.stages.pseudo_labels import ignore_value
+            value = ignore_value(self.label_manager)
+            # nnU-Net's own loss builder, with the ignore value the pseudo-labels carry as its ignore label
+            self.label_manager._ignore_label = value
+            try:
+                self.pseudo_loss = self._build_loss()
+            finally:
+                self.label_manager._ignore_label = None
+
     def unlabeled_loss(self, unlabeled: dict, labeled: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
-        loss = self.loss(self.network(unlabeled["data"]), unlabeled["target"])
+        loss = self.pseudo_loss(self.network(unlabeled["data"]), unlabeled["target"])
         return self.pseudo_weight * loss, {"pseudo_loss": loss.detach(), "unsup_weight": self.pseudo_weight}

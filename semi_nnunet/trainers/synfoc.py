@@ -12,7 +12,8 @@ decoder) and nnU-Net's U-Net learn side by side, each with an EMA teacher, from 
     L_cons, L_div = CDCR: entropy on pixels where the students agree, MSE where they disagree (synfoc_losses.cdcr)
 
 Y_S = argmax of the student U-Net on the weak view (no grad; only for the statistic), Y_U / Y_F the teachers'.
-w(t) = consistency_weight * exp(-5 (1 - t/T)^2) over the whole run (``rampup_fraction = 1``). EMA decay 0.99 with the
+w(t) = consistency_weight * exp(-5 (1 - t/T)^2) over the whole run (``rampup_fraction = 1``). EMA decay 0.99
+(capped by the budget rule: a horizon of at most 2 % of the run, ``SemiSupervisedTrainer.teacher_decay``) with the
 ``min(1 - 1/(t+1), decay)`` warm-up for both teachers; SAM's teacher shares the frozen encoder and averages LoRA,
 prompt encoder and decoder. tau = 0.95. Optimizers: the U-Net keeps nnU-Net's (SGD 1e-2, poly; ``optimizer_name``),
 SAM gets AdamW 1.2e-4, weight decay 0.1, constant (SynFoC's published setting, spec g.2); one GradScaler and clip.
@@ -48,7 +49,6 @@ from semi_nnunet.networks.sam import (SAM_CONFIGS, SAMCheckpointError, build_sam
 from semi_nnunet.optim.grouped import GroupedPolyLR, grouped_optimizer
 from semi_nnunet.run.train_api import TrainingError
 from semi_nnunet.trainers.base import SemiSupervisedTrainer
-from semi_nnunet.trainers.ema import ema_decay
 from semi_nnunet.trainers.optimizers import build_optimizer
 from semi_nnunet.trainers.pseudo_label_losses import confident_labels, cutmix_boxes, masked_ce, soft_dice_loss
 from semi_nnunet.trainers.synfoc_losses import cdcr, fuse, resize_labels, resize_probs, smc_weight
@@ -211,7 +211,7 @@ class SynFoCTrainer(SemiSupervisedTrainer):
 
     # ------------------------------------------------------------------ EMA and checkpoints
     def after_step(self) -> None:
-        ema_update_trainable_(self.sam_teacher, self.sam_student, ema_decay(self.global_step, self.ema_decay))
+        ema_update_trainable_(self.sam_teacher, self.sam_student, self.teacher_decay())
         super().after_step()
 
     def _frozen_keys(self) -> set:
@@ -248,6 +248,7 @@ class SynFoCTrainer_tinySAM(SynFoCTrainer):
 class SynFoCTrainer_tinySAM_2epochs_2it(SynFoCTrainer_tinySAM):
     """Two epochs of two iterations with the tiny random SAM: integration tests."""
     schedule = nnUNetTrainer_2epochs_2it.schedule
+    ema_horizon_fraction = None  # four iterations: keep the paper's decay so the teachers lag (tests)
 
 
 class SynFoCTrainer_tinySAM_demo(SynFoCTrainer_tinySAM):

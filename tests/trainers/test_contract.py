@@ -32,6 +32,12 @@ def contract_name(name: str) -> str:
     return getattr(all_trainer_classes()[name], "contract_test_variant", None) or name
 
 
+def contract_class(name: str) -> type:
+    """The class the contract runs on: the trainer, or the variant it names (which may be generated, e.g. a stage)."""
+    from semi_nnunet.run.train_api import find_trainer_class
+    return find_trainer_class(contract_name(name))
+
+
 def test_every_method_is_registered():
     assert "MeanTeacherTrainer" in METHOD_TRAINERS
 
@@ -70,7 +76,7 @@ def random_batch(trainer, generator):
 @pytest.mark.parametrize("name", METHOD_TRAINERS)
 def test_trainer_contract(planned, name):
     plans, dataset_json = planned
-    cls = all_trainer_classes()[contract_name(name)]
+    cls = contract_class(name)
     trainer = cls({**plans, "continue_training": False}, "2d", 0, dataset_json, torch.device("cpu"))
     trainer.initialize()
     trainer.global_step = trainer.num_epochs * trainer.num_iterations_per_epoch // 2  # mid-training weights
@@ -114,3 +120,26 @@ def test_hco_update_step_for_every_method(planned, name):
     assert math.isfinite(sup.item()) and math.isfinite(unsup.item())
     assert 0.0 < logs["hco_mask_ratio"] < 1.0
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.network.parameters()))
+
+
+@pytest.mark.parametrize("name, schedule, steps", [
+    ("MeanTeacherTrainer", dict(num_epochs=1000, num_iterations_per_epoch=250), {1000: 0.99, 10: 1 - 1 / 11}),
+    ("MeanTeacherTrainer", dict(num_epochs=80, num_iterations_per_epoch=50), {1000: 1 - 1 / 80, 10: 1 - 1 / 11}),
+    ("MeanTeacherTrainer", dict(num_epochs=8, num_iterations_per_epoch=20), {100: 1 - 1 / 3.2, 1: 0.5}),
+])
+def test_teacher_decay_and_ramp_follow_the_budget(planned, name, schedule, steps):
+    """The EMA horizon and the ramp-up are fractions of the run: the paper's values on nnU-Net's schedule, scaled
+    down on a short budget (budget_decay); the ramp ends at the same fraction of any run."""
+    plans, dataset_json = planned
+    trainer = all_trainer_classes()[name]({**plans, "continue_training": False}, "2d", 0, dataset_json,
+                                          torch.device("cpu"))
+    for key, value in schedule.items():
+        setattr(trainer, key, value)
+    for step, decay in steps.items():
+        trainer.global_step = step
+        assert trainer.teacher_decay() == pytest.approx(decay, rel=1e-15, abs=0)
+    total = schedule["num_epochs"] * schedule["num_iterations_per_epoch"]
+    trainer.global_step = int(0.4 * total)  # rampup_fraction 0.4: the weight is at its maximum from here
+    assert trainer.unlabeled_weight(0.1) == pytest.approx(0.1, rel=1e-12)
+    trainer.global_step = int(0.2 * total)  # half way up the sigmoid ramp: exp(-5 * 0.25)
+    assert trainer.unlabeled_weight(0.1) == pytest.approx(0.1 * math.exp(-1.25), rel=1e-3)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from semi_nnunet.trainers.ema import ema_decay, ema_update_, make_teacher
+from semi_nnunet.trainers.ema import budget_decay, ema_decay, ema_update_, make_teacher
 
 
 @pytest.mark.parametrize("step, decay, expected", [
@@ -18,6 +18,19 @@ from semi_nnunet.trainers.ema import ema_decay, ema_update_, make_teacher
 ])
 def test_ema_decay(step, decay, expected):
     assert ema_decay(step, decay) == pytest.approx(expected, rel=1e-15, abs=0)
+
+
+@pytest.mark.parametrize("decay, fraction, total, expected", [
+    (0.99, 0.02, 250_000, 0.99),       # nnU-Net's 1000 x 250: the paper's decay
+    (0.99, 0.02, 5_000, 0.99),         # the shortest run that still gets it: horizon 100 steps
+    (0.99, 0.02, 4_000, 1 - 1 / 80),   # 0.9875: the benchmark's budget
+    (0.99, 0.02, 160, 1 - 1 / 3.2),    # 0.6875: the demo (8 x 20)
+    (0.99, 0.02, 50, 0.0),             # a horizon of one step: the teacher is the student
+    (0.99, None, 160, 0.99),           # the rule switched off
+    (0.9, 0.02, 4_000, 0.9),           # a decay below the budget's stays
+])
+def test_budget_decay_ties_the_ema_horizon_to_the_run(decay, fraction, total, expected):
+    assert budget_decay(decay, fraction, total) == pytest.approx(expected, rel=1e-15, abs=0)
 
 
 class Tiny(nn.Module):
