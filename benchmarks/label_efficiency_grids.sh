@@ -9,14 +9,13 @@
 set -euo pipefail
 : "${DATA:?set DATA to the folder holding HC18/ and Hippocampus_MSD_Task04/}" "${WORK:?set WORK}"
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-# Every job of a grid runs the same code: the commit the grids started with (methods change under later issues), in a
+# Every job of a grid runs the same code: the commit the grid started with (methods change under later issues), in a
 # worktree on PYTHONPATH, which comes before the editable install (console scripts do not put the cwd on sys.path).
-CODE_COMMIT=${CODE_COMMIT:-d68d24c}  # the HC18 and Hippocampus grids of 2026-12-02
-CODE=$WORK/grid_code
-[ -d "$CODE" ] || git -C "$REPO" worktree add --detach "$CODE" "$CODE_COMMIT"
-export PYTHONPATH=$CODE${PYTHONPATH:+:$PYTHONPATH}
-export nnUNet_raw=$WORK/raw nnUNet_preprocessed=$WORK/pre nnUNet_results=$WORK/res
-export nnUNet_n_proc_DA=0 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+code() {  # code COMMIT: the worktree of that commit, made once
+    local dir=$WORK/code_$1
+    [ -d "$dir" ] || git -C "$REPO" worktree add --detach "$dir" "$1" > /dev/null
+    echo "$dir"
+}
 mkdir -p "$WORK"
 [ -d "$nnUNet_raw/Dataset832_HC18S64" ] || semi_nnUNet_convert_hc18 -i "$DATA/HC18/training_set" -d 832 -n HC18S64 \
     --num-labeled 100 --num-unlabeled 200 --num-test 100 --max-size 64
@@ -29,13 +28,14 @@ jobs_copy() {  # jobs_copy FROM TO: every <subset>/seed<t>/jobs/*.json under FRO
     done
 }
 
-grid() {  # grid NAME ARGS...: restore, then two workers, then save
-    local name=$1; shift
+grid() {  # grid NAME COMMIT ARGS...: restore, then two workers on that commit's code, then save
+    local name=$1 commit=$2; shift 2
+    local pythonpath; pythonpath=$(code "$commit")
     local kept="$REPO/documentation/benchmarks/$name/jobs"
     mkdir -p "$WORK/$name"
     [ -d "$kept" ] && jobs_copy "$kept" "$WORK/$name"
     for core in 0 1; do
-        taskset -c $core semi_nnUNet_benchmark "$@" -o "$WORK/$name" -device cpu -np 1 \
+        PYTHONPATH=$pythonpath taskset -c $core semi_nnUNet_benchmark "$@" -o "$WORK/$name" -device cpu -np 1 \
             > "$WORK/$name.worker$core.log" 2>&1 &
         sleep 120  # the first worker plans and preprocesses the subsets; the second waits on their lock anyway
     done
@@ -50,11 +50,16 @@ save() { for name in hc18_grid hc18_n20_grid hippo_grid; do
         "$REPO/documentation/benchmarks/$name/" 2>/dev/null || true; done; }
 
 for what in "${@:-hc18}"; do case $what in
-    hc18) grid hc18_grid -d 832 -c 2d --labeled 5 all \
+    # the methods of 2026-12-02 (Mean Teacher with EMA 0.99 on any budget, HCO, Semi-CervixSeg, Hermes)
+    hc18) grid hc18_grid d68d24c -d 832 -c 2d --labeled 5 all \
         -tr MeanTeacherTrainer MeanTeacherTrainer_HCO SemiCervixTrainer HermesTrainer --no-hco --stages 1 \
         --epochs 80 --iterations 50 --repeats 3 ;;
-    hippo) grid hippo_grid -d 840 -c 3d_fullres --labeled 10 -tr MeanTeacherTrainer --no-hco \
+    # the methods of issue 17 on the same subsets and baseline jobs (nnUNetTrainer's code is the same at both commits)
+    hc18_new) grid hc18_grid 71d51a7 -d 832 -c 2d --labeled 5 all \
+        -tr UniMatchTrainer FixMatchTrainer SelfTrainingTrainer SelfTrainingTrainer_conf90 --no-hco --stages 1 \
+        --epochs 80 --iterations 50 --repeats 3 ;;
+    hippo) grid hippo_grid d68d24c -d 840 -c 3d_fullres --labeled 10 -tr MeanTeacherTrainer --no-hco \
         --epochs 30 --iterations 50 --repeats 3 ;;
     save) save ;;
-    *) echo "unknown grid $what (hc18, hippo, save)"; exit 2 ;;
+    *) echo "unknown grid $what (hc18, hc18_new, hippo, save)"; exit 2 ;;
 esac; done

@@ -371,6 +371,7 @@ def run_job(job: Job) -> dict:
     from semi_nnunet.run.train_api import find_trainer_class, train
     from semi_nnunet.trainers.schedule import snapshot_name
     from semi_nnunet.utilities.file_ops import save_json_atomic
+    from semi_nnunet.utilities.provenance import code_version
     if job.done():
         return load_json(job.result_file)
     start = time.time()
@@ -406,7 +407,8 @@ def run_job(job: Job) -> dict:
               "iterations_per_epoch": int(debug["num_iterations_per_epoch"]),
               "seconds_per_iteration": float(np.median(durations)) / int(debug["num_iterations_per_epoch"]),
               "train_time_s": float(np.sum(durations)), "job_wall_time_s_last_call": time.time() - start,
-              "prediction_folder": join(predictions, job.trainer), "date": time.strftime("%Y-%m-%d %H:%M")}
+              "prediction_folder": join(predictions, job.trainer), "date": time.strftime("%Y-%m-%d %H:%M"),
+              "code": code_version()}
     save_json_atomic(result, job.result_file)
     return result
 

@@ -29,6 +29,7 @@ def _seed_row(r: dict) -> dict:
     row = {m: _case_stats(r["per_case"][m]) for m in METRICS}
     row.update({k: r[k] for k in ("evaluated_model", "n_test", "epochs_trained", "seconds_per_iteration",
                                   "train_time_s", "prediction_folder")})
+    row["code"] = (r.get("code") or {}).get("commit") or "not recorded"  # results from before it was recorded
     if r.get("half_budget"):
         row["half_budget_dice"] = _case_stats(r["half_budget"]["Dice"])["mean"]
         row["half_budget_epoch"] = r["half_budget"]["epoch"]
@@ -208,13 +209,14 @@ def markdown(results: dict) -> str:
                          f"{_ms(row['ASD'], 2)} | {_diff(row)} | {_gap(row)} | {_p(row, 'Dice')} | {_p(row, 'HD95')} | "
                          f"{_f(row['time_per_iteration_ratio'], 2)} | {row['train_time_s'] / 60:.1f} |")
         lines += ["", "Per training seed:", "", "| method | seed | Dice | Δ vs supervised (same seed) | HD95 | ASD | "
-                  "s/it | training time (min) |", "|---|---|---|---|---|---|---|---|"]
+                  "s/it | training time (min) | code |", "|---|---|---|---|---|---|---|---|---|"]
         for row in s["methods"].values():
             d = row.get("difference_vs_baseline") or {"per_seed": {}}
             for seed, r in row["per_seed"].items():
                 lines.append(f"| {_name(row)} | {seed} | {_ms(r['Dice'], 4)} | "
                              f"{_f(d['per_seed'].get(seed, float('nan')), 4, True)} | {_ms(r['HD95'], 2)} | "
-                             f"{_ms(r['ASD'], 2)} | {r['seconds_per_iteration']:.3f} | {r['train_time_s'] / 60:.1f} |")
+                             f"{_ms(r['ASD'], 2)} | {r['seconds_per_iteration']:.3f} | {r['train_time_s'] / 60:.1f} | "
+                             f"{r.get('code', 'not recorded')} |")
         lines += ["", f"![per-case Dice, {s['label']} labeled](dice_n{s['label']}.png)", ""]
     lines += ["Dice/HD95/ASD: the test-set mean of the per-case foreground mean (classes averaged per case) per "
               "training seed, then mean ± std (ddof 1) over seeds; per seed, mean ± std over the test cases (the "

@@ -131,6 +131,10 @@ def test_baseline_curve_matches_evaluate_and_a_rerun_retrains_nothing(tmp_path, 
     for subset in results["subsets"]:
         conv = subset["methods"]["nnUNetTrainer_2epochs_3it"]["convergence"]
         assert np.isfinite(conv["half"]) and conv["half_epoch"] == 1
+        from semi_nnunet.utilities.provenance import code_version
+        seeds = subset["methods"]["nnUNetTrainer_2epochs_3it"]["per_seed"].values()
+        assert all(r["code"] == (code_version()["commit"] or "not recorded") for r in seeds)  # which code ran it
+    assert "| code |" in open(join(out, "results.md")).read()
     before = _checkpoints(out)
     for checkpoint in before:  # the half-way snapshot beside it; nnU-Net's final validation of fold all left out
         fold = os.path.dirname(checkpoint)

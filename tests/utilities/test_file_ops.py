@@ -60,3 +60,17 @@ def test_claim_is_exclusive_between_processes_and_a_dead_holder_is_taken_over(tm
         assert mine is True
         assert open(lock).read() == f"{socket.gethostname()}:{os.getpid()}"
     assert not os.path.exists(lock)
+
+
+def test_code_version_names_the_commit_of_a_checkout(tmp_path):
+    import subprocess
+    from semi_nnunet.utilities.provenance import code_version
+    v = code_version()
+    import semi_nnunet
+    assert v["version"] == semi_nnunet.__version__
+    top = os.path.dirname(os.path.dirname(semi_nnunet.__file__))
+    head = subprocess.run(["git", "-C", top, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a git checkout (CI's clean clone is one): its commit, "+dirty" with local changes
+        assert v["commit"].split("+")[0] == head.stdout.strip()
+    else:
+        assert v["commit"] is None
