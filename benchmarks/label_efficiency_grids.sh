@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The converged, multi-seed label-efficiency grids recorded in documentation/benchmarks.md (issue: a benchmark that
 # can be trusted). Resumable: rerun the same script and only unfinished jobs run. Usage:
-#   DATA=../shared/data WORK=/path/with/space bash benchmarks/label_efficiency_grids.sh [hc18|hc18_n20|hippo] ...
+#   DATA=../shared/data WORK=/path/with/space bash benchmarks/label_efficiency_grids.sh [hc18|hc18_new|hippo|save] ...
 # Each grid is run by two workers (the same command started twice, each on its own core with one thread; a job's
 # lock file hands every job to one of them). Finished jobs' result files are kept in the repository
 # (documentation/benchmarks/<grid>/jobs/) and copied back into WORK first, so a fresh machine resumes the grid
@@ -16,6 +16,8 @@ code() {  # code COMMIT: the worktree of that commit, made once
     [ -d "$dir" ] || git -C "$REPO" worktree add --detach "$dir" "$1" > /dev/null
     echo "$dir"
 }
+export nnUNet_raw=$WORK/raw nnUNet_preprocessed=$WORK/pre nnUNet_results=$WORK/res
+export nnUNet_n_proc_DA=0 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$WORK"
 [ -d "$nnUNet_raw/Dataset832_HC18S64" ] || semi_nnUNet_convert_hc18 -i "$DATA/HC18/training_set" -d 832 -n HC18S64 \
     --num-labeled 100 --num-unlabeled 200 --num-test 100 --max-size 64

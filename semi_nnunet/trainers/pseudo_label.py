@@ -12,6 +12,12 @@ The pseudo-labels of stage ``stage`` for fold ``fold`` live in the initial train
 ``<initial_trainer>__<plans>__<config>/pseudo_labels/stage_<stage>/fold_<fold>/`` (preprocessed cases with their
 pseudo-label and a ``provenance.json``), never beside ground truth. ``semi_nnunet.stages`` makes them.
 
+``pseudo_sampling``: ``"balanced"`` (default) puts labeled and pseudo-labeled patches 1:1 in every batch (two loaders,
+``B`` patches each); ``"uniform"`` is the Semi-CervixSeg paper's sampling, one batch of ``B`` patches drawn uniformly
+from the union of labeled and pseudo-labeled cases: ``k ~ Binomial(B, n_l / (n_l + n_u))`` labeled patches and
+``B - k`` pseudo-labeled ones, each loss weighted by its share of the batch (``k / B``, ``(B - k) / B``). With few
+labels most such batches hold no labeled patch, so HCO (which trusts the labeled gradient) refuses it.
+
 ``pseudo_confidence_threshold`` (set on the staged trainer, its stages inherit it): the pseudo-labels mark voxels whose
 ensemble confidence is below it with an ignore value (``semi_nnunet.stages.pseudo_labels.ignore_value``), and the
 pseudo-label loss is nnU-Net's Dice+CE built with that ignore label: those voxels count in neither term. The
@@ -40,6 +46,7 @@ class PseudoLabelTrainer(SemiSupervisedTrainer):
     initial_trainer: str = ""  # the trainer whose results folder holds the pseudo-labels
     pseudo_weight: float = 1.0
     pseudo_confidence_threshold: Optional[float] = None  # None: every voxel's argmax; e.g. 0.9: confident ones only
+    pseudo_sampling: str = "balanced"  # or "uniform" (the paper's): see the module docstring
     use_teacher = False
     num_strong_views = 0
     method_log_keys = ("pseudo_loss",)
@@ -68,7 +75,14 @@ class PseudoLabelTrainer(SemiSupervisedTrainer):
             oversample_foreground_percent=self.oversample_foreground_percent, transforms=transforms))
 
     def initialize(self):
+        if self.pseudo_sampling not in ("balanced", "uniform"):
+            raise ValueError(f"{type(self).__name__}.pseudo_sampling = {self.pseudo_sampling!r}: use 'balanced' or "
+                             f"'uniform'.")
+        if self.pseudo_sampling == "uniform" and (self.optimizer_name or "").startswith(("hco", "co_")):
+            raise ValueError(f"{type(self).__name__}: pseudo_sampling 'uniform' leaves most batches without a labeled "
+                             f"patch, and {self.optimizer_name} trusts the labeled gradient; use 'balanced' with HCO.")
         super().initialize()
+        self._labeled_in_batch: Optional[int] = None
         self.pseudo_loss = self.loss
         if self.pseudo_confidence_threshold is not None and not self.label_manager.has_ignore_label:
             from semi_nnunet.stages.pseudo_labels import ignore_value
@@ -80,6 +94,40 @@ class PseudoLabelTrainer(SemiSupervisedTrainer):
             finally:
                 self.label_manager._ignore_label = None
 
+    def get_dataloaders(self):
+        train, val = super().get_dataloaders()
+        if self.pseudo_sampling == "uniform":
+            n_labeled, n_pseudo = len(self.do_split()[0]), len(self.check_unlabeled_data())
+            self._labeled_share = n_labeled / (n_labeled + n_pseudo)
+        return train, val
+
+    def prepare_unlabeled(self, batch: dict) -> dict:
+        """With ``uniform`` sampling, draw this step's number of labeled patches (the rest are pseudo-labeled)."""
+        if self.pseudo_sampling == "uniform":
+            share = getattr(self, "_labeled_share", 0.5)
+            self._labeled_in_batch = int((torch.rand(self.batch_size) < share).sum())  # Binomial(B, share)
+        return super().prepare_unlabeled(batch)
+
+    @staticmethod
+    def _first(batch: dict, k: int) -> Tuple[torch.Tensor, list]:
+        target = batch["target"]
+        return batch["data"][:k], [t[:k] for t in target] if isinstance(target, list) else target[:k]
+
+    def supervised_loss(self, labeled: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
+        k = self._labeled_in_batch
+        if k is None:  # balanced: the whole labeled batch
+            return super().supervised_loss(labeled)
+        if k == 0:
+            return torch.zeros((), device=self.device), {}
+        data, target = self._first(labeled, k)
+        return self.loss(self.network(data), target) * (k / self.batch_size), {}
+
     def unlabeled_loss(self, unlabeled: dict, labeled: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
-        loss = self.pseudo_loss(self.network(unlabeled["data"]), unlabeled["target"])
-        return self.pseudo_weight * loss, {"pseudo_loss": loss.detach(), "unsup_weight": self.pseudo_weight}
+        k = self._labeled_in_batch
+        share = 1.0 if k is None else (self.batch_size - k) / self.batch_size
+        if share == 0:
+            return torch.zeros((), device=self.device), {"unsup_weight": 0.0}
+        data, target = (unlabeled["data"], unlabeled["target"]) if k is None else \
+            self._first(unlabeled, self.batch_size - k)
+        loss = self.pseudo_loss(self.network(data), target)
+        return self.pseudo_weight * share * loss, {"pseudo_loss": loss.detach(), "unsup_weight": self.pseudo_weight}

@@ -41,6 +41,11 @@ class SemiCervixTrainer_softmax(SemiCervixTrainer):
     cons_space = "softmax"
 
 
+class SemiCervixTrainer_uniform(SemiCervixTrainer):
+    """Stages sample each batch uniformly from labeled + pseudo-labeled cases, as the paper does (instead of 1:1)."""
+    pseudo_sampling = "uniform"
+
+
 class SemiCervixTrainer_demo(SemiCervixTrainer):
     """Semi-CervixSeg on the demo's CPU budget (same schedule as nnUNetTrainer_demo; its stages inherit it)."""
     schedule = nnUNetTrainer_demo.schedule

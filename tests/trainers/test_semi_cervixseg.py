@@ -85,3 +85,47 @@ def test_stage_trainers_inherit_every_setting_of_a_variant():
     # the plain method's stages: nnU-Net's defaults, as before
     plain = stage_variant(SemiCervixTrainer, 1)
     assert plain.optimizer_name is None and plain.pseudo_weight == 1.0 and plain.unlabeled_batch_size is None
+
+
+def test_uniform_pseudo_sampling_draws_labeled_patches_by_their_share(tmp_path, monkeypatch):
+    """``pseudo_sampling = "uniform"``: each batch holds Binomial(B, n_l / (n_l + n_u)) labeled patches, the losses are
+    weighted by their share of the batch; HCO refuses it."""
+    from semi_nnunet.run.train_api import find_trainer_class
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(k, str(tmp_path / k))
+    make_synthetic_dataset(str(tmp_path / "nnUNet_raw"), 996, dim=2, num_labeled=4, num_unlabeled=2)
+    plan_and_preprocess(996, ["2d"], num_processes=1, show_progress=False)
+    pre = join(str(tmp_path / "nnUNet_preprocessed"), "Dataset996_Synthetic2D")
+    plans, dataset_json = load_json(join(pre, "nnUNetPlans.json")), load_json(join(pre, "dataset.json"))
+    stage = find_trainer_class("SemiCervixTrainer_uniform_stage1")
+    assert stage.pseudo_sampling == "uniform"
+    trainer = stage({**plans, "continue_training": False}, "2d", 0, dataset_json, torch.device("cpu"))
+    trainer.initialize()
+    trainer.batch_size = 4
+    trainer._labeled_share = 0.25
+    torch.manual_seed(0)
+    draws = []
+    for _ in range(400):
+        trainer.prepare_unlabeled({"data": torch.zeros(4, 1, 8, 8)})
+        draws.append(trainer._labeled_in_batch)
+    assert abs(sum(draws) / len(draws) - 1.0) < 0.15 and set(draws) <= {0, 1, 2, 3, 4}  # mean B * share = 1
+    patch = [int(p) for p in trainer.configuration_manager.patch_size]
+    g = torch.Generator().manual_seed(1)
+
+    def batch():
+        target = [torch.randint(0, 2, (4, 1, *[max(1, round(p * s)) for p, s in zip(patch, scale)]),
+                                generator=g).float() for scale in trainer._get_deep_supervision_scales()]
+        return {"data": torch.randn(4, 1, *patch, generator=g), "target": target}
+    labeled, pseudo = batch(), batch()
+    trainer._labeled_in_batch = 1
+    sup, _ = trainer.supervised_loss(labeled)
+    unsup, _ = trainer.unlabeled_loss(pseudo, labeled)
+    one = trainer.loss(trainer.network(labeled["data"][:1]), [t[:1] for t in labeled["target"]])
+    three = trainer.loss(trainer.network(pseudo["data"][:3]), [t[:3] for t in pseudo["target"]])
+    assert sup.item() == pytest.approx(one.item() / 4, rel=1e-5) and unsup.item() == pytest.approx(
+        three.item() * 3 / 4, rel=1e-5)
+    trainer._labeled_in_batch = 4  # a batch of labeled patches only: no pseudo-label term
+    assert trainer.unlabeled_loss(pseudo, labeled)[0].item() == 0.0
+    hco = find_trainer_class("SemiCervixTrainer_uniform_HCO_stage1")
+    with pytest.raises(ValueError, match="uniform' leaves most batches without a labeled patch"):
+        hco({**plans, "continue_training": False}, "2d", 0, dataset_json, torch.device("cpu")).initialize()
