@@ -28,6 +28,7 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, maybe_mkdir_p
 from tqdm import tqdm
 
+from semi_nnunet.trainers.pseudo_label import ignore_value
 from semi_nnunet.trainers.unlabeled_data import UnlabeledDataset, unlabeled_identifiers
 from semi_nnunet.utilities.file_ops import save_json_atomic
 
@@ -101,17 +102,6 @@ def predict_pseudo_labels(model_folder: str, folds: Sequence[Union[int, str]], u
                       "date": datetime.datetime.now().isoformat(timespec="seconds"), "cases": cases},
                      join(output_folder, PROVENANCE))
     return output_folder
-
-
-def ignore_value(label_manager) -> int:
-    """The label that marks a voxel to leave out of a loss: the dataset's ignore label, else its largest label + 1
-    (nnU-Net requires an ignore label to be the largest). Refused for region-based datasets (no single argmax)."""
-    if label_manager.has_regions:
-        raise ValueError("pseudo_confidence_threshold needs mutually exclusive labels; this dataset is region-based "
-                         "(set pseudo_confidence_threshold = None).")
-    if label_manager.has_ignore_label:
-        return int(label_manager.ignore_label)
-    return int(max(label_manager.all_labels)) + 1
 
 
 def confidence_and_entropy(probabilities: torch.Tensor, regions: bool = False):

@@ -19,7 +19,7 @@ from the union of labeled and pseudo-labeled cases: ``k ~ Binomial(B, n_l / (n_l
 labels most such batches hold no labeled patch, so HCO (which trusts the labeled gradient) refuses it.
 
 ``pseudo_confidence_threshold`` (set on the staged trainer, its stages inherit it): the pseudo-labels mark voxels whose
-ensemble confidence is below it with an ignore value (``semi_nnunet.stages.pseudo_labels.ignore_value``), and the
+ensemble confidence is below it with an ignore value (:func:`ignore_value`), and the
 pseudo-label loss is nnU-Net's Dice+CE built with that ignore label: those voxels count in neither term. The
 ground-truth loss is nnU-Net's own, unchanged.
 """
@@ -39,6 +39,17 @@ def pseudo_label_folder(dataset_name: str, initial_trainer: str, plans_name: str
     from nnunetv2.paths import nnUNet_results
     return join(str(nnUNet_results), dataset_name, f"{initial_trainer}__{plans_name}__{configuration}",
                 "pseudo_labels", f"stage_{stage}", f"fold_{fold}")
+
+
+def ignore_value(label_manager) -> int:
+    """The label that marks a voxel to leave out of a loss: the dataset's ignore label, else its largest label + 1
+    (nnU-Net requires an ignore label to be the largest). Refused for region-based datasets (no single argmax)."""
+    if label_manager.has_regions:
+        raise ValueError("pseudo_confidence_threshold needs mutually exclusive labels; this dataset is region-based "
+                         "(set pseudo_confidence_threshold = None).")
+    if label_manager.has_ignore_label:
+        return int(label_manager.ignore_label)
+    return int(max(label_manager.all_labels)) + 1
 
 
 class PseudoLabelTrainer(SemiSupervisedTrainer):
@@ -85,7 +96,6 @@ class PseudoLabelTrainer(SemiSupervisedTrainer):
         self._labeled_in_batch: Optional[int] = None
         self.pseudo_loss = self.loss
         if self.pseudo_confidence_threshold is not None and not self.label_manager.has_ignore_label:
-            from semi_nnunet.stages.pseudo_labels import ignore_value
             value = ignore_value(self.label_manager)
             # nnU-Net's own loss builder, with the ignore value the pseudo-labels carry as its ignore label
             self.label_manager._ignore_label = value
