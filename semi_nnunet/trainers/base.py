@@ -171,6 +171,26 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
         aux = [p for p in self.auxiliary.parameters() if p.requires_grad] if self.auxiliary is not None else []
         return list(self.network.parameters()) + aux
 
+    def auxiliary_learning_rates(self) -> Dict[str, float]:
+        """Auxiliary modules (by name) with their own learning rate; the rest train at the U-Net's. Default: none."""
+        return {}
+
+    def parameter_groups(self) -> list:
+        """The optimizer's parameter groups: the U-Net and every auxiliary module at the U-Net's rate, then one
+        group per module of :meth:`auxiliary_learning_rates` (its poly schedule decays from its own rate)."""
+        own = self.auxiliary_learning_rates()
+        unknown = set(own) - set(self.auxiliary or {})
+        if unknown:
+            raise ValueError(f"{type(self).__name__}.auxiliary_learning_rates names {sorted(unknown)}, which "
+                             f"build_auxiliary_modules() did not build")
+        separate = {id(p) for name in own for p in self.auxiliary[name].parameters()}
+        groups = [{"params": [p for p in self.trainable_parameters() if id(p) not in separate]}]
+        for name, lr in own.items():
+            params = [p for p in self.auxiliary[name].parameters() if p.requires_grad]
+            if params:
+                groups.append({"params": params, "lr": lr})
+        return groups
+
     def configure_optimizers(self):
         if self.auxiliary is None:  # nnU-Net calls this from initialize(), right after building the network
             self.auxiliary = torch.nn.ModuleDict(self.build_auxiliary_modules()).to(self.device)

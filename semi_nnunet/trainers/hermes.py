@@ -33,9 +33,13 @@ classification with dual-threshold pseudo-labels, contrast at pixel and image le
   pixel contrast; no classifier, attention, saliency, image contrast or ITC), said in the training log.
 * HCO: trusted ``L_L = L_seg^l + lambda_cls/lambda_seg L_cls^l`` (ground truth only), everything else is ``L_U``.
   The projection heads get no labeled gradient: the HCO optimizer steps them on ``g_U`` alone (hco.md P3).
+* Classifier start and rate: ``classifier_weights`` (or ``$SEMI_NNUNET_RESNET18``) names a torchvision ResNet-18 state
+  dict (ImageNet, as in the paper); its first conv is averaged over RGB for nnU-Net's channels, ``fc`` is left out.
+  The classifier is then its own parameter group at the paper's 1e-4 (SGD, poly decay from its own rate;
+  ``classifier_lr`` overrides); without weights it trains at the U-Net's rate.
 * 2D only (cases are images); torch.compile is off (the heads read features through forward hooks).
 """
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -66,6 +70,7 @@ from semi_nnunet.trainers.hermes_modules import (
     SegConsistencyHead,
     UNetLayout,
     UNetTaps,
+    classifier_weights_file,
     fit_to_patch,
     saliency_map,
 )
@@ -96,6 +101,11 @@ class HermesTrainer(SemiSupervisedTrainer):
     memory_bank_size: int = 0  # per class; 0 = no bank (ContrastiveSeg: 5000)
     memory_bank_per_image: int = 10
     use_attention: bool = True
+    # the classifier's ImageNet start (paper: torchvision ResNet-18): a state-dict file, None = $SEMI_NNUNET_RESNET18,
+    # neither = random weights
+    classifier_weights: Optional[str] = None
+    # its own learning rate (paper: SGD 1e-4, with pretrained weights); None: 1e-4 with weights, else the U-Net's
+    classifier_lr: Optional[float] = None
     use_saliency: bool = False
     saliency_stride: int = 4
     method_log_keys = ("seg_sup", "cls_sup", "seg_unsup", "cls_unsup", "pixel_contrast", "image_contrast", "itc",
@@ -171,12 +181,26 @@ class HermesTrainer(SemiSupervisedTrainer):
             channels = [layout.channels[i] for i, _ in self._attention_stages] if self.use_attention else None
             modules["classifier"] = HermesClassifier(self.num_input_channels, len(self.image_class_names), channels,
                                                      self.image_dim, self.itc_dim)
+            self.classifier_weights_file = classifier_weights_file(self.classifier_weights)
+            if self.classifier_weights_file:
+                modules["classifier"].load_resnet18(self.classifier_weights_file)
+                self.print_to_log_file(f"Hermes: classifier starts from {self.classifier_weights_file}")
             modules["seg_consistency"] = SegConsistencyHead(layout.channels[-1], self.itc_dim)
             if self.use_saliency:
                 inject = layout.nearest_stage(self.saliency_stride, decoded)
                 modules["saliency_fusion"] = SaliencyFusion(self.num_input_channels, layout.channels[inject])
         self._taps = UNetTaps(net, inject)
         return modules
+
+    def auxiliary_learning_rates(self) -> Dict[str, float]:
+        """The classifier trains at ``classifier_lr`` (paper: 1e-4 from ImageNet weights); without weights at the
+        U-Net's rate (a random ResNet at 1e-4 would barely move: spec e's judgement call)."""
+        if not self.has_classifier:
+            return {}
+        lr = self.classifier_lr
+        if lr is None:
+            lr = 1e-4 if getattr(self, "classifier_weights_file", None) else None
+        return {"classifier": lr} if lr is not None else {}
 
     def on_train_start(self):
         if not self.was_initialized:

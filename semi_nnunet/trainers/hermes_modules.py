@@ -141,6 +141,21 @@ def consistency_projection(in_features: int, hidden: int, out_features: int) -> 
                          nn.Linear(hidden, out_features), nn.BatchNorm1d(out_features), nn.ReLU(inplace=True))
 
 
+RESNET18_ENV = "SEMI_NNUNET_RESNET18"
+
+
+def classifier_weights_file(path: Optional[str]) -> Optional[str]:
+    """The ResNet-18 weights to start Hermes's classifier from: ``path``, else ``$SEMI_NNUNET_RESNET18``, else None
+    (random). A path that does not exist is an error naming it and the fix."""
+    import os
+    path = path or os.environ.get(RESNET18_ENV) or None
+    if path is not None and not os.path.isfile(path):
+        raise FileNotFoundError(f"Hermes classifier weights {path} (classifier_weights or ${RESNET18_ENV}) do not "
+                                f"exist. Point it at torchvision's ResNet-18 ImageNet state dict "
+                                f"(resnet18-f37072fd.pth), or unset it to start from random weights.")
+    return path
+
+
 class HermesClassifier(nn.Module):
     """ResNet-18 classifier with inter-task attention. ``forward(x, seg_features)`` returns ``logits``, the pooled
     512-d ``feature``, the normalised image-contrast embedding ``embedding`` and the ITC projection ``consistency``.
@@ -162,6 +177,33 @@ class HermesClassifier(nn.Module):
         self.embedding_head = nn.Sequential(nn.Linear(512, 256), nn.LeakyReLU(0.1, inplace=True),
                                             nn.Linear(256, embedding_dim))
         self.consistency_head = consistency_projection(512, 256, consistency_dim)
+
+    def load_resnet18(self, path: str) -> None:
+        """Start the ResNet from a torchvision ResNet-18 state dict (e.g. ImageNet's ``resnet18-f37072fd.pth``):
+        ``conv1`` (3 input channels) is averaged over RGB and repeated for this network's channels (scaled to keep the
+        response), ``bn1`` goes to the stem, ``layer1..4`` as they are; ``fc`` is not used (other classes)."""
+        from semi_nnunet.utilities.checkpoints import load_checkpoint_file
+        state = load_checkpoint_file(path, map_location="cpu")
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        mine = self.state_dict()
+        mapped = {}
+        for key, value in state.items() if isinstance(state, dict) else ():
+            if key == "conv1.weight" and getattr(value, "ndim", 0) == 4:
+                c = mine["stem.0.weight"].shape[1]
+                mapped["stem.0.weight"] = value.mean(1, keepdim=True).repeat(1, c, 1, 1) * (3 / c)
+            elif key.startswith("bn1."):
+                mapped["stem.1." + key[len("bn1."):]] = value
+            elif key.startswith("layer"):
+                mapped[key] = value
+        expected = [k for k in mine if k.startswith(("stem.", "layer"))]
+        missing = [k for k in expected if k not in mapped]
+        wrong = [k for k in expected if k in mapped and tuple(mapped[k].shape) != tuple(mine[k].shape)]
+        if missing or wrong:
+            raise ValueError(f"{path} is not a torchvision ResNet-18 state dict: {len(missing)} of its tensors are "
+                             f"missing (e.g. {missing[:3]}) and {len(wrong)} have other shapes (e.g. {wrong[:3]}). "
+                             f"Use torchvision's resnet18 ImageNet weights (resnet18-f37072fd.pth), or set "
+                             f"classifier_weights = None / unset SEMI_NNUNET_RESNET18 for random weights.")
+        self.load_state_dict(mapped, strict=False)
 
     def forward(self, x: torch.Tensor, seg_features: Optional[Sequence[torch.Tensor]] = None,
                 heads: bool = True) -> Dict[str, torch.Tensor]:

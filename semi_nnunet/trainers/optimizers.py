@@ -12,13 +12,17 @@ co_adamw    Cautious AdamW on the summed gradient
 =========== ==========================================================================================
 
 HCO keeps the host's learning rate (as the paper does); ``hco_lr_scale`` multiplies it (spec pitfall P1).
+
+A trainer may give some auxiliary modules their own learning rate (``auxiliary_learning_rates()``, e.g. Hermes's
+classifier at the paper's 1e-4): they become separate parameter groups of the same optimizer, and the poly schedule
+(:class:`~semi_nnunet.optim.grouped.GroupedPolyLR`) decays every group from its own initial rate.
 """
 from typing import List, Optional, Sequence
 
 import torch
-from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 
 from semi_nnunet.optim import (CautiousAdamW, CautiousSGD, HierarchicalCautiousAdamW, HierarchicalCautiousSGD)
+from semi_nnunet.optim.grouped import GroupedPolyLR
 from semi_nnunet.optim.hco import _TwoGradientOptimizer
 
 OPTIMIZERS = ("sgd", "adamw", "hco_sgd", "hco_adamw", "co_sgd", "co_adamw")
@@ -37,7 +41,7 @@ def build_optimizer(trainer) -> tuple:
         raise HCONotApplicableError(
             f"{type(trainer).__name__} learns without labels, so there is no labeled gradient for HCO to trust. "
             f"Use --optimizer sgd or adamw.")
-    params = trainer.trainable_parameters() if hasattr(trainer, "trainable_parameters") \
+    params = trainer.parameter_groups() if hasattr(trainer, "parameter_groups") \
         else list(trainer.network.parameters())
     if not hasattr(trainer, "_base_initial_lr"):  # idempotent: the scale is applied to the base rate once
         trainer._base_initial_lr = trainer.adamw_initial_lr if name.endswith("adamw") else trainer.initial_lr
@@ -53,7 +57,8 @@ def build_optimizer(trainer) -> tuple:
         "co_sgd": lambda: CautiousSGD(params, **sgd),
         "co_adamw": lambda: CautiousAdamW(params, **adamw),
     }[name]()
-    return optimizer, PolyLRScheduler(optimizer, trainer.initial_lr, trainer.num_epochs)
+    return optimizer, GroupedPolyLR(optimizer, trainer.initial_lr, trainer.num_epochs)
+
 
 
 def is_two_gradient(optimizer) -> bool:

@@ -347,3 +347,45 @@ def test_3d_configuration_is_refused_with_the_fix(module_paths):
     with pytest.raises(TrainingError, match="2D configurations only .* '3d_fullres' is 3D.*semi_nnUNet_train "
                                             "DATASET 2d HermesTrainer FOLD"):
         trainer.initialize()
+
+
+# ---------------------------------------------------------------------------------------------- ImageNet start
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory):
+    from torchvision.models import resnet18
+    torch.manual_seed(1)
+    path = str(tmp_path_factory.mktemp("weights") / "resnet18.pth")
+    torch.save(resnet18(weights=None).state_dict(), path)  # the layout of torchvision's ImageNet file
+    return path
+
+
+def test_classifier_starts_from_resnet18_weights_and_trains_at_the_papers_rate(planned, resnet18_file):
+    reference = torch.load(resnet18_file)
+    trainer = make(planned, classifier_weights=resnet18_file)
+    cls = trainer.auxiliary["classifier"]
+    assert torch.equal(cls.layer3[1].conv2.weight, reference["layer3.1.conv2.weight"])
+    assert torch.equal(cls.stem[1].running_var, reference["bn1.running_var"])
+    c = trainer.num_input_channels
+    rgb_mean = reference["conv1.weight"].mean(1, keepdim=True)
+    assert torch.allclose(cls.stem[0].weight, rgb_mean.repeat(1, c, 1, 1) * 3 / c)
+    groups = trainer.optimizer.param_groups
+    assert [g["lr"] for g in groups] == [pytest.approx(trainer.initial_lr), pytest.approx(1e-4)]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in cls.parameters()}
+    assert not {id(p) for p in groups[0]["params"]} & {id(p) for p in cls.parameters()}
+    half = trainer.num_epochs // 2
+    trainer.lr_scheduler.step(half)  # poly: every group decays from its own rate
+    factor = (1 - half / trainer.num_epochs) ** 0.9
+    assert groups[1]["lr"] == pytest.approx(1e-4 * factor)
+    assert groups[0]["lr"] == pytest.approx(trainer.initial_lr * factor)
+    # without weights: one group, nnU-Net's rate for everything (a random ResNet at 1e-4 would barely move)
+    assert len(make(planned).optimizer.param_groups) == 1
+
+
+def test_a_wrong_classifier_weights_file_is_refused_with_the_fix(planned, tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match=r"SEMI_NNUNET_RESNET18\) do not exist.*unset it"):
+        make(planned, classifier_weights=str(tmp_path / "missing.pth"))
+    other = str(tmp_path / "other.pth")
+    torch.save({"encoder.weight": torch.zeros(3)}, other)
+    monkeypatch.setenv("SEMI_NNUNET_RESNET18", other)
+    with pytest.raises(ValueError, match=r"other.pth is not a torchvision ResNet-18 state dict"):
+        make(planned)

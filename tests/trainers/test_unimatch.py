@@ -185,6 +185,7 @@ def test_unimatch_2d_trains_resumes_and_predicts_with_stock_nnunet(env):
     assert sorted(f for f in os.listdir(out) if f.endswith(".png")) == ["test000.png", "test001.png"]
 
 
+@pytest.mark.slow  # about a minute; the default suite covers UniMatch's 3D pieces (cuboid boxes, 3D Dice) above
 def test_unimatch_3d_trains_and_predicts(env):
     from semi_nnunet.demo_api import predict_and_evaluate
     make_synthetic_dataset(env["nnUNet_raw"], 973, dim=3, num_labeled=5, num_unlabeled=3, num_test=2)
