@@ -77,13 +77,15 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
     adamw_initial_lr: float = 1e-3
     hco_start_epoch: int = 0  # epochs of warm-up with the base optimizer before HCO starts
     hco_lr_scale: float = 1.0
+    lr_scale: float = 1.0  # the other optimizers' rate multiplier (``<Trainer>_lrx<F>``: a step-size control for HCO)
+    update_norm_every: int = 10  # log the L2 norm of the weight update every this many steps (a copy of the weights)
     # staged pseudo-labelling (semi_nnunet.stages): stages after this trainer, and the class that trains them
     num_stages: int = 0
     supported_dims: Tuple[int, ...] = (2, 3)  # patch dimensions the method works on (2D-only methods: (2,))
     stage_trainer: Optional[type] = None
     pseudo_label_maps: bool = False  # also save the ensemble's confidence/entropy maps beside each pseudo-label
 
-    base_log_keys = ("sup_loss", "unsup_loss", "unsup_weight", "unsup_sup_ratio")
+    base_log_keys = ("sup_loss", "unsup_loss", "unsup_weight", "unsup_sup_ratio", "update_norm")
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -290,6 +292,21 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
             flat /= dist.get_world_size()
             torch._foreach_copy_(grads, list(torch.split(flat, [g.numel() for g in grads])))
 
+    def _step_params(self) -> List[torch.Tensor]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def _snapshot(self) -> Optional[List[torch.Tensor]]:
+        """The weights before this step when its update norm is logged (every ``update_norm_every`` steps)."""
+        if self.update_norm_every <= 0 or self.global_step % self.update_norm_every:
+            return None
+        return [p.detach().clone() for p in self._step_params()]
+
+    def _update_norm(self, before: Optional[List[torch.Tensor]], logs: dict) -> None:
+        """Log the L2 norm over all parameters of what the optimizer step moved them (``before`` is overwritten)."""
+        if before:
+            torch._foreach_sub_(before, [p.detach() for p in self._step_params()])
+            logs["update_norm"] = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(before))))
+
     def _clip_and_step(self) -> None:
         self._sync_auxiliary_grads()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -319,7 +336,9 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
                 unsup, logs_u = self.unlabeled_loss(unlabeled, labeled)
             self._backward(unsup)
             logs = {**logs, **logs_u}
+        before = self._snapshot()
         self._clip_and_step()
+        self._update_norm(before, logs)
         return sup.detach(), unsup.detach(), logs
 
     def hco_update_step(self, labeled: dict, unlabeled: dict) -> Losses:
@@ -350,6 +369,7 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
         self._sync_auxiliary_grads()
         grads_u = [p.grad for p in params]
         finite = self._hco_scaler.unscale_(grads_l + grads_u)
+        before = self._snapshot()
         if finite:
             clip_(grads_l, 12)
             clip_(grads_u, 12)
@@ -357,6 +377,7 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
         self._hco_scaler.update(finite)
         self.optimizer.zero_grad(set_to_none=True)
         logs["hco_mask_ratio"] = self.optimizer.last_mask_ratio if finite else float("nan")
+        self._update_norm(before, logs)
         return sup.detach(), unsup.detach(), logs
 
     def after_step(self) -> None:

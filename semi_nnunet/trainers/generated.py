@@ -5,6 +5,8 @@
 * ``<Trainer>_stage<k>``: stage k of a staged trainer (one with ``num_stages > 0`` and a ``stage_trainer`` class,
   e.g. Semi-CervixSeg): a fresh network on ground truth + the pseudo-labels of stage k, with the trainer's schedule
   and optimizer.
+* ``<Trainer>_lrx<F>``: the trainer's optimizer at F times its learning rate (``_lrx2p2`` = 2.2): the control that
+  runs the base optimizer at HCO's effective step.
 * ``<Trainer>_<E>epochs[_<I>it]``: a training budget (E epochs of I iterations, one validation iteration per five
   training iterations; a snapshot ``checkpoint_epoch<E/2>.pth`` at half the budget, nnU-Net's ``checkpoint_latest``
   every tenth of it, at least every 5 epochs, so an interrupted long budget loses little), for any of our trainers
@@ -23,6 +25,7 @@ from typing import Dict, Optional
 from semi_nnunet.trainers.optimizers import OPTIMIZERS
 
 _STAGE = re.compile(r"^(?P<base>.+)_stage(?P<k>[1-9]\d*)$")
+_LR = re.compile(r"^(?P<base>.+)_lrx(?P<f>\d+(?:p\d+)?)$")  # _lrx2, _lrx2p2 (2.2)
 _BUDGET = re.compile(r"^(?P<base>.+)_(?P<epochs>[1-9]\d*)epochs(?:_(?P<its>[1-9]\d*)it)?$")
 
 
@@ -51,7 +54,7 @@ def optimizer_variant(base: type, suffix: str) -> type:
 
 # what every stage takes from its initial trainer, wherever in its classes it is set (the shared base's training
 # hyperparameters)
-STAGE_CARRIED = ("schedule", "optimizer_name", "adamw_initial_lr", "hco_start_epoch", "hco_lr_scale",
+STAGE_CARRIED = ("schedule", "optimizer_name", "adamw_initial_lr", "hco_start_epoch", "hco_lr_scale", "lr_scale",
                  "unlabeled_batch_size")
 
 
@@ -73,6 +76,15 @@ def stage_attributes(base: type) -> Dict[str, object]:
                 out[key] = value
     out.update({key: getattr(base, key) for key in STAGE_CARRIED})
     return out
+
+
+def lr_variant(base: type, factor: str) -> type:
+    """``<base>_lrx<F>``: ``base`` with its (non-HCO) optimizer's learning rate times F (``2p2`` = 2.2)."""
+    value = float(factor.replace("p", "."))
+    if value <= 0:
+        raise ValueError(f"{base.__name__}_lrx{factor}: the learning-rate factor must be > 0")
+    return _make(f"{base.__name__}_lrx{factor}", (base,), {"lr_scale": value},
+                 f"{base.__name__} with its optimizer's learning rate times {value} (a step-size control for HCO).")
 
 
 def stage_variant(base: type, stage: int) -> type:
@@ -114,6 +126,11 @@ def resolve(name: str, classes: Dict[str, type]) -> Optional[type]:
             classes.get(m["base"]) or resolve(m["base"], classes)
         if base is not None:
             return budget_variant(base, int(m["epochs"]), int(m["its"]) if m["its"] else None)
+    m = _LR.match(name)
+    if m:
+        base = base_of(m["base"])
+        if base is not None:
+            return lr_variant(base, m["f"])
     m = _STAGE.match(name)
     if m:
         base = base_of(m["base"])

@@ -12,6 +12,9 @@ co_adamw    Cautious AdamW on the summed gradient
 =========== ==========================================================================================
 
 HCO keeps the host's learning rate (as the paper does); ``hco_lr_scale`` multiplies it (spec pitfall P1).
+``lr_scale`` multiplies the rate of the other optimizers: ``<Trainer>_lrx<F>`` is the control that tells HCO's gating
+from its step size (HCO moves the weights farther per step than its base optimizer; ``update_norm`` in the log and
+``benchmarks/hco_step_size.py`` measure by how much), i.e. the base optimizer at HCO's effective step.
 
 A trainer may give some auxiliary modules their own learning rate (``auxiliary_learning_rates()``, e.g. Hermes's
 classifier at the paper's 1e-4): they become separate parameter groups of the same optimizer, and the poly schedule
@@ -45,7 +48,8 @@ def build_optimizer(trainer) -> tuple:
         else list(trainer.network.parameters())
     if not hasattr(trainer, "_base_initial_lr"):  # idempotent: the scale is applied to the base rate once
         trainer._base_initial_lr = trainer.adamw_initial_lr if name.endswith("adamw") else trainer.initial_lr
-    trainer.initial_lr = trainer._base_initial_lr * (trainer.hco_lr_scale if name.startswith("hco") else 1.0)
+    trainer.initial_lr = trainer._base_initial_lr * (trainer.hco_lr_scale if name.startswith("hco")
+                                                     else getattr(trainer, "lr_scale", 1.0))
     lr, wd = trainer.initial_lr, trainer.weight_decay
     sgd = dict(lr=lr, momentum=0.99, weight_decay=wd, nesterov=True)
     adamw = dict(lr=lr, weight_decay=wd)

@@ -143,3 +143,29 @@ def test_teacher_decay_and_ramp_follow_the_budget(planned, name, schedule, steps
     assert trainer.unlabeled_weight(0.1) == pytest.approx(0.1, rel=1e-12)
     trainer.global_step = int(0.2 * total)  # half way up the sigmoid ramp: exp(-5 * 0.25)
     assert trainer.unlabeled_weight(0.1) == pytest.approx(0.1 * math.exp(-1.25), rel=1e-3)
+
+
+def test_step_size_control_and_update_norm(planned):
+    """``<Trainer>_lrx<F>``: the base optimizer at F times its rate (HCO untouched); every trainer logs the norm of
+    its weight update (measured every ``update_norm_every`` steps), which tells HCO's step from its base's."""
+    from semi_nnunet.run.train_api import find_trainer_class
+    plans, dataset_json = planned
+    control = find_trainer_class("MeanTeacherTrainer_lrx2p2")
+    assert control.lr_scale == 2.2 and control.optimizer_name is None
+    t = control({**plans, "continue_training": False}, "2d", 0, dataset_json, torch.device("cpu"))
+    t.initialize()
+    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(2.2e-2)  # nnU-Net's SGD 1e-2, times 2.2
+    t.update_norm_every = 1
+    labeled, unlabeled = random_batch(t, torch.Generator().manual_seed(2))
+    before = [p.detach().clone() for p in t.network.parameters()]
+    _, _, logs = t.update_step(labeled, unlabeled)
+    moved = torch.linalg.vector_norm(torch.stack([(a - b).norm() for a, b in
+                                                  zip(before, t.network.parameters())]))
+    assert logs["update_norm"] == pytest.approx(float(moved), rel=1e-5) and logs["update_norm"] > 0
+    hco = find_trainer_class("MeanTeacherTrainer_HCO")({**plans, "continue_training": False}, "2d", 0,
+                                                         dataset_json, torch.device("cpu"))
+    hco.initialize()
+    hco.update_norm_every = 1
+    assert hco.update_step(labeled, unlabeled)[2]["update_norm"] > 0
+    hco.global_step, hco.update_norm_every = 3, 2  # not a measured step: nothing logged, nothing copied
+    assert "update_norm" not in hco.update_step(labeled, unlabeled)[2]
