@@ -57,8 +57,11 @@ for what in "${@:-hc18}"; do case $what in
         -tr MeanTeacherTrainer MeanTeacherTrainer_HCO SemiCervixTrainer HermesTrainer --no-hco --stages 1 \
         --epochs 80 --iterations 50 --repeats 3 ;;
     # the methods of issue 17 on the same subsets and baseline jobs (nnUNetTrainer's code is the same at both commits)
-    hc18_new) grid hc18_grid 71d51a7 -d 832 -c 2d --labeled 5 all \
-        -tr UniMatchTrainer FixMatchTrainer SelfTrainingTrainer SelfTrainingTrainer_conf90 --no-hco --stages 1 \
+    # MeanTeacherTrainer_lrx1p6: the base optimizer at HCO's measured step (benchmarks/hco_step_size.py), the control
+    # that tells HCO's gating from its larger step
+    hc18_new) grid hc18_grid 038ece8 -d 832 -c 2d --labeled 5 all \
+        -tr UniMatchTrainer SelfTrainingTrainer SelfTrainingTrainer_conf90 MeanTeacherTrainer_lrx1p6 \
+        SemiCervixTrainer_uniform FixMatchTrainer --no-hco --stages 1 \
         --epochs 80 --iterations 50 --repeats 3 ;;
     hippo) grid hippo_grid d68d24c -d 840 -c 3d_fullres --labeled 10 -tr MeanTeacherTrainer --no-hco \
         --epochs 30 --iterations 50 --repeats 3 ;;
