@@ -19,7 +19,6 @@ from semi_nnunet.dataset_conversion.common import grouped_split, write_label_png
 from semi_nnunet.dataset_conversion.hc18 import find_hc18_source, list_hc18_cases, load_hc18_pair
 from semi_nnunet.utilities.file_ops import save_json_atomic
 
-DEFAULT_SOURCE = "/work/shared/data/HC18/training_set"
 DEMO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo_data", "HC18_demo")
 
 ATTRIBUTION = """# HC18 demo data
@@ -48,7 +47,7 @@ Made by ``semi_nnunet/dataset_conversion/make_demo_data.py``.
 """
 
 
-def make_demo_data(source_dir: str = DEFAULT_SOURCE, output_dir: str = DEMO_DIR, num_labeled: int = 20,
+def make_demo_data(source_dir: str, output_dir: str = DEMO_DIR, num_labeled: int = 20,
                    num_unlabeled: int = 40, num_test: int = 20, seed: int = 0, max_size: int = 160,
                    verbose: bool = True) -> str:
     """Write the demo subset into ``output_dir`` (replacing it as a whole); returns ``output_dir``."""
@@ -91,8 +90,8 @@ def make_demo_data(source_dir: str = DEFAULT_SOURCE, output_dir: str = DEMO_DIR,
 
 def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(description="Rebuild semi_nnunet/demo_data/HC18_demo from HC18.")
-    parser.add_argument("source", nargs="?", default=DEFAULT_SOURCE, help=f"HC18 training_set (default "
-                                                                         f"{DEFAULT_SOURCE})")
+    parser.add_argument("source", help="the HC18 training_set folder (download it from "
+                                       "https://hc18.grand-challenge.org/)")
     parser.add_argument("-o", "--output", default=DEMO_DIR, help=f"output folder (default {DEMO_DIR})")
     args = parser.parse_args(argv)
     make_demo_data(args.source, args.output)

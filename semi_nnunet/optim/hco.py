@@ -1,7 +1,7 @@
 """Hierarchical Cautious Optimization (HCO): optimizers whose step takes a labeled and an unlabeled gradient.
 
-Spec: ``shared/methods/hco.md`` (Algorithms 1 and 2 of the ICLR 2026 submission). The labeled gradient ``g^L``
-updates the moments first (the trusted direction ``u^L``); only the coordinates of the unlabeled gradient ``g^U`` whose
+Algorithms 1 and 2 of "Hierarchical Cautious Optimization" (ICLR 2026 submission; documentation/hco.md). The labeled
+gradient ``g^L`` updates the moments first (the trusted direction ``u^L``); only the coordinates of the unlabeled gradient ``g^U`` whose
 sign agrees with it (mask ``phi``) are folded into the moments and applied, rescaled per tensor by
 ``phi_bar = phi / max(mean(phi), eps_mask)``. Conflicting unlabeled components never move a weight.
 

@@ -1,4 +1,4 @@
-"""Hermes (Zhang, Lai, Kong, ECAI 2025; spec shared/methods/hermes.md): semi-supervised segmentation + image
+"""Hermes (Zhang, Lai, Kong, ECAI 2025; documentation/methods/hermes.md): semi-supervised segmentation + image
 classification with dual-threshold pseudo-labels, contrast at pixel and image level, and inter-task links.
 
     L = 1/lambda_seg * [ lambda_seg (L_seg^l + w_u L_seg^u + alpha L_c^seg)

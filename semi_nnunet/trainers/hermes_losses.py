@@ -1,4 +1,4 @@
-"""Hermes' selection rules and losses as plain functions (spec ``shared/methods/hermes.md``; trainer in ``hermes.py``).
+"""Hermes' selection rules and losses as plain functions (Zhang, Lai, Kong, ECAI 2025; trainer in ``hermes.py``).
 
 * :func:`dual_threshold_mask` — a pseudo-label is kept when its confidence is high **and** its entropy low (paper
   Eq. 7), or with ``combine="or"`` when either holds (the authors' code for the segmentation loss).

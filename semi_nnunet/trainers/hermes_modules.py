@@ -1,4 +1,4 @@
-"""Hermes' networks besides nnU-Net's U-Net (spec ``shared/methods/hermes.md``; trainer in ``hermes.py``).
+"""Hermes' networks besides nnU-Net's U-Net (Zhang, Lai, Kong, ECAI 2025; trainer in ``hermes.py``).
 
 * :class:`UNetTaps` — forward hooks on a dynamic-network-architectures U-Net (``network.encoder`` skips and
   ``network.decoder.stages`` outputs; optionally an additive input into one decoder stage), so the heads read the

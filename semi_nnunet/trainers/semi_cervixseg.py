@@ -1,4 +1,5 @@
-"""Semi-CervixSeg, initial stage (Jiang et al., ISBI 2025 FUGC challenge report; spec shared/methods/semi_cervixseg.md).
+"""Semi-CervixSeg, initial stage (Jiang et al., ISBI 2025 FUGC challenge report;
+documentation/methods/semi_cervixseg.md).
 
     L = L_sup(f(x_l), y_l) + lambda_c * L_cons,
     L_cons = mean_j ( T1^-1(f(T1 x_u))_j - T2^-1(f(T2 x_u))_j )^2          (all output elements, M = B*K*spatial)

@@ -1,4 +1,4 @@
-"""SynFoC (Ma et al., CVPR 2025; spec shared/methods/synfoc.md, formulas from the authors' code — the paper body
+"""SynFoC (Ma et al., CVPR 2025; documentation/methods/synfoc.md, formulas from the authors' code — the paper body
 was not retrievable): a foundation model (SAM ViT-B, MedSAM weights, frozen encoder + LoRA, trainable prompt-free
 decoder) and nnU-Net's U-Net learn side by side, each with an EMA teacher, from fused pseudo-labels.
 

@@ -1,4 +1,4 @@
-"""SynFoC's loss pieces as plain functions (spec ``shared/methods/synfoc.md`` section b; formulas from the authors'
+"""SynFoC's loss pieces as plain functions (SynFoC, Ma et al., CVPR 2025; formulas from the authors'
 code): self-mutual confidence (SMC), the fused pseudo-label and CDCR; the confidence mask, CutMix boxes and masked
 CE / Dice it shares with UniMatch are in :mod:`semi_nnunet.trainers.pseudo_label_losses`.
 

@@ -1,5 +1,5 @@
 """USL-Net (Li, Peng et al., arXiv 2309.13289): the segmentation stage of one refining cycle. Spec:
-``shared/methods/uslnet.md``. No label of any kind reaches this trainer.
+``documentation/methods/uslnet.md``. No label of any kind reaches this trainer.
 
     L_unc = CE(f(x), l) (+ dice_weight * Dice(f(x), l)),  both on the certain pixels {p : l(p) != uncertain} only
 

@@ -4,5 +4,5 @@
 ``uncertainty`` (three-way split, connectivity / centrality), ``pseudo_labels`` (preprocessed pseudo-label folders),
 ``cycles`` (the resumable pipeline), ``report`` (per-cycle JSON and overlay sheets), ``data`` (label withholding,
 evaluation labels). The segmentation trainer is :class:`semi_nnunet.trainers.uslnet.USLNetTrainer`; the command is
-``semi_nnUNet_run_uslnet``. Spec: ``shared/methods/uslnet.md``; documentation: ``documentation/methods/uslnet.md``.
+``semi_nnUNet_run_uslnet``. Documentation: ``documentation/methods/uslnet.md``.
 """
