@@ -1,7 +1,8 @@
 """Hierarchical Cautious Optimization (HCO): optimizers whose step takes a labeled and an unlabeled gradient.
 
 Algorithms 1 and 2 of "Hierarchical Cautious Optimization" (ICLR 2026 submission; documentation/hco.md). The labeled
-gradient ``g^L`` updates the moments first (the trusted direction ``u^L``); only the coordinates of the unlabeled gradient ``g^U`` whose
+gradient ``g^L`` updates the moments first (the trusted direction ``u^L``); only the coordinates of the unlabeled
+gradient ``g^U`` whose
 sign agrees with it (mask ``phi``) are folded into the moments and applied, rescaled per tensor by
 ``phi_bar = phi / max(mean(phi), eps_mask)``. Conflicting unlabeled components never move a weight.
 

@@ -309,7 +309,7 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
 
     def _clip_and_step(self) -> None:
         self._sync_auxiliary_grads()
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        params = self._step_params()
         if self.grad_scaler is not None:
             self.grad_scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(params, 12)
@@ -345,7 +345,7 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
         """HCO: the labeled and unlabeled gradients kept apart (spec wiring B: labeled forward and backward, gradients
         set aside by pointer swap, then unlabeled forward and backward; no extra FLOPs). AMP: both sets unscaled by
         hand with one finiteness check; each set clipped to nnU-Net's max norm 12 separately."""
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        params = self._step_params()
         self.optimizer.zero_grad(set_to_none=True)
         if self.joint_losses:  # wiring C: one graph, the labeled gradient by autograd.grad
             if self.is_ddp:
