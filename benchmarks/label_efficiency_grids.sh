@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The converged, multi-seed label-efficiency grids recorded in documentation/benchmarks.md (issue: a benchmark that
 # can be trusted). Resumable: rerun the same script and only unfinished jobs run. Usage:
-#   DATA=../shared/data WORK=/path/with/space bash benchmarks/label_efficiency_grids.sh [hc18|hc18_new|hippo|save] ...
+#   DATA=../shared/data WORK=/path/with/space bash benchmarks/label_efficiency_grids.sh [hc18|hc18_new|hc18_b160_base|hc18_b160|hc18_b160_more|hippo|save] ...
 # Each grid is run by two workers (the same command started twice, each on its own core with one thread; a job's
 # lock file hands every job to one of them). Finished jobs' result files are kept in the repository
 # (documentation/benchmarks/<grid>/jobs/) and copied back into WORK first, so a fresh machine resumes the grid
@@ -45,7 +45,7 @@ grid() {  # grid NAME COMMIT ARGS...: restore, then two workers on that commit's
     jobs_copy "$WORK/$name" "$kept"
 }
 
-save() { for name in hc18_grid hc18_n20_grid hippo_grid; do
+save() { for name in hc18_grid hc18_b160 hc18_n20_grid hippo_grid; do
     [ -d "$WORK/$name" ] && mkdir -p "$REPO/documentation/benchmarks/$name/jobs" \
         && jobs_copy "$WORK/$name" "$REPO/documentation/benchmarks/$name/jobs"
     [ -f "$WORK/$name/results.md" ] && cp "$WORK/$name"/results.* "$WORK/$name"/*.png \
@@ -63,8 +63,20 @@ for what in "${@:-hc18}"; do case $what in
         -tr UniMatchTrainer SelfTrainingTrainer SelfTrainingTrainer_conf90 MeanTeacherTrainer_lrx1p6 \
         SemiCervixTrainer_uniform FixMatchTrainer --no-hco --stages 1 \
         --epochs 80 --iterations 50 --repeats 3 ;;
+    # twice the budget (8000 iterations), because the baseline failed the convergence rule at 4000: the baseline
+    # alone first (6 jobs), then the three methods ahead at 4000 and UniMatch, then the rest, all into one folder so
+    # every call shares the baseline jobs (code 03d1c94: budget-aware EMA, UniMatch, self-training)
+    hc18_b160_base) grid hc18_b160 03d1c94 -d 832 -c 2d --labeled 5 all -tr \
+        --epochs 160 --iterations 50 --repeats 3 ;;
+    hc18_b160) grid hc18_b160 03d1c94 -d 832 -c 2d --labeled 5 all \
+        -tr HermesTrainer SemiCervixTrainer UniMatchTrainer --no-hco --stages 1 \
+        --epochs 160 --iterations 50 --repeats 3 ;;
+    hc18_b160_more) grid hc18_b160 03d1c94 -d 832 -c 2d --labeled 5 all \
+        -tr SelfTrainingTrainer_conf90 MeanTeacherTrainer_HCO MeanTeacherTrainer MeanTeacherTrainer_lrx1p6 \
+        SelfTrainingTrainer SemiCervixTrainer_uniform --no-hco --stages 1 \
+        --epochs 160 --iterations 50 --repeats 3 ;;
     hippo) grid hippo_grid d68d24c -d 840 -c 3d_fullres --labeled 10 -tr MeanTeacherTrainer --no-hco \
         --epochs 30 --iterations 50 --repeats 3 ;;
     save) save ;;
-    *) echo "unknown grid $what (hc18, hc18_new, hippo, save)"; exit 2 ;;
+    *) echo "unknown grid $what (hc18, hc18_new, hc18_b160_base, hc18_b160, hc18_b160_more, hippo, save)"; exit 2 ;;
 esac; done
