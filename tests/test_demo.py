@@ -25,3 +25,21 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, monkeypatch, capsys):
     again = run_demo(str(workdir), trainers=("nnUNetTrainer_2epochs_2it",), num_processes=1)
     assert again == scores
     assert "already trained" in capsys.readouterr().out
+
+
+def test_the_demo_trains_the_benchmarks_best_method_and_prints_the_benchmark():
+    """The demo's method is the one its packaged benchmark summary shows best, and the summary is the one its source
+    results.json gives (no number in it typed by hand)."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    from semi_nnunet.benchmarking.report import best_method, summary
+    from semi_nnunet.demo_api import BENCHMARK_SUMMARY, DEFAULT_TRAINERS, benchmark_context
+    packaged = load_json(BENCHMARK_SUMMARY)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert {"source": packaged["source"], **summary(load_json(os.path.join(repo, packaged["source"])))} == packaged
+    best = best_method(packaged, packaged["rows"][0]["labeled"])
+    assert DEFAULT_TRAINERS == ("nnUNetTrainer_demo", f"{best}_demo" if best else "nnUNetTrainer_demo")
+    text = benchmark_context({"nnUNetTrainer_demo": 0.8, f"{best}_demo": 0.81})
+    assert "ONE short training" in text and f"Best in this benchmark: {best}" in text
+    row = next(r for r in packaged["rows"] if r["method"] == best)
+    assert f"{row['delta']:+.4f}" in text

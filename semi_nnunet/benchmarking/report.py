@@ -306,8 +306,81 @@ def _plots(results: dict, folder: str, plt) -> List[str]:
     return written
 
 
+# ---------------------------------------------------------------------------------------------------- summary
+def _budget_free(name: str, budget: dict) -> str:
+    """``HermesTrainer_80epochs_50it`` -> ``HermesTrainer`` (the benchmark's budget variant, back to the method)."""
+    suffix = f"_{budget['epochs']}epochs_{budget['iterations_per_epoch']}it" if budget.get("epochs") else ""
+    return name[:-len(suffix)] if suffix and name.endswith(suffix) else name
+
+
+def summary(results: dict) -> dict:
+    """The headline of a benchmark in a few numbers per row (no per-case values): what the demo prints and what a
+    README can quote. Every number is taken from ``results`` (results.json), none is rounded here."""
+    baseline = results["baseline"]
+    rows = []
+    for s in results["subsets"]:
+        for name, row in s["methods"].items():
+            d, g = row.get("difference_vs_baseline"), row.get("gap_recovery")
+            rows.append({"labeled": s["label"], "method": _budget_free(name, results["budget"]),
+                         "evaluated_model": _budget_free(row["evaluated_model"], results["budget"]),
+                         "baseline": name == baseline, "seeds": len(row["seeds"]), "dice": row["Dice"]["mean"],
+                         "dice_std": row["Dice"]["std"],
+                         "delta": d["mean"] if d else None, "delta_ci95": d["ci95"] if d else None,
+                         "ahead": d["ahead"] if d else None,
+                         "gap_recovery": g["value"] if g and g.get("measurable", True) else None,
+                         "gap_recovery_ci95": g["ci95"] if g and g.get("measurable", True) else None,
+                         "time_per_iteration_ratio": row.get("time_per_iteration_ratio")})
+    return {"dataset": os.path.basename(os.path.normpath(results["source"])), "date": results.get("date"),
+            "command": results.get("command"), "budget": results["budget"],
+            "configuration": results["configuration"], "training_seeds": results["training_seeds"],
+            "converged": results.get("converged"), "jobs_done": results.get("jobs_done"),
+            "jobs_total": results.get("jobs_total"), "baseline": _budget_free(baseline, results["budget"]),
+            "rows": rows}
+
+
+def best_method(summ: dict, label: str) -> "str | None":
+    """The method with the largest mean paired difference at ``label`` among those ahead of the baseline in every
+    seed with an interval above zero; None when no method is."""
+    ahead = [r for r in summ["rows"] if r["labeled"] == label and not r["baseline"] and r["delta"] is not None
+             and r["ahead"] == r["seeds"] and r["delta_ci95"][0] > 0]
+    return max(ahead, key=lambda r: r["delta"])["method"] if ahead else None
+
+
+def summary_text(summ: dict) -> str:
+    """The summary as a terminal table."""
+    b = summ["budget"]
+    budget = f"{b['epochs']} epochs x {b['iterations_per_epoch']} iterations" if b.get("epochs") else "default budget"
+    state = {True: "the supervised baseline converged at this budget", None: "convergence not measured",
+             False: "NOT converged: the baseline still changed by more than 0.5 Dice points in its second half"}
+    lines = [f"Multi-seed benchmark on {summ['dataset']} ({summ['date']}, {summ['configuration']}, {budget}, training seeds "
+             f"{', '.join(map(str, summ['training_seeds']))}, {summ['jobs_done']} of {summ['jobs_total']} jobs; "
+             f"{state[summ['converged']]}):",
+             f"  {'labeled':<8s}{'method':<34s}{'seeds':>6s}{'Dice':>9s}{'delta [95% CI]':>28s}{'ahead':>8s}"
+             f"{'gap rec.':>10s}"]
+    for r in summ["rows"]:
+        name = r["method"] + (f" ({r['evaluated_model'].rsplit('_', 1)[-1]})"
+                              if r["evaluated_model"] != r["method"] else "")
+        delta = "-" if r["delta"] is None else \
+            f"{r['delta']:+.4f} [{r['delta_ci95'][0]:+.4f}, {r['delta_ci95'][1]:+.4f}]"
+        ahead = "-" if r["ahead"] is None else f"{r['ahead']}/{r['seeds']}"
+        gap = "-" if r["gap_recovery"] is None else f"{r['gap_recovery']:+.2f}"
+        lines.append(f"  {r['labeled']:<8s}{name:<34s}{r['seeds']:>6d}{r['dice']:>9.4f}{delta:>28s}{ahead:>8s}"
+                     f"{gap:>10s}")
+    return "\n".join(lines)
+
+
+def write_summary(results_json: str, output: str, source: str) -> dict:
+    """The summary of ``results_json`` into ``output``, naming where it came from (``source``, a path relative to the
+    repository, e.g. documentation/benchmarks/hc18_grid/results.json): how the demo's copy is refreshed."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    summ = {"source": source, **summary(load_json(results_json))}
+    save_json_atomic(summ, output)
+    return summ
+
+
 def write_report(results: dict, folder: str, quiet: bool = False) -> None:
     save_json_atomic(results, join(folder, "results.json"))
+    save_json_atomic(summary(results), join(folder, "summary.json"))
     with atomic_path(join(folder, "results.md")) as tmp, open(tmp, "w") as f:
         f.write(markdown(results))
     plots(results, folder)

@@ -1,6 +1,7 @@
 """semi_nnUNet_benchmark end to end on a tiny synthetic dataset: subsets, seeds, the all-labels ceiling, gap recovery,
 the convergence check, table == semi_nnUNet_evaluate, resume (a rerun retrains nothing, an added seed runs alone)."""
 import glob
+import json
 import os
 
 import numpy as np
@@ -254,6 +255,24 @@ def test_report_from_job_results_without_training(tmp_path):
     assert "| all | 0.8000 (epoch 5) | 0.9000 | +0.1000 | **no** |" in md
     for png in ("gap_recovery.png", "dice_vs_labeled.png", "dice_n3.png", "dice_nall.png"):
         assert os.path.getsize(tmp_path / png) > 1000
+    summ = load_json(str(tmp_path / "summary.json"))  # the few numbers the demo prints, taken from the rows
+    m_row = next(r for r in summ["rows"] if r["labeled"] == "3" and r["method"] == "M")
+    assert m_row["delta"] == pytest.approx(0.075) and m_row["ahead"] == 2 and m_row["seeds"] == 2
+    assert m_row["gap_recovery"] == pytest.approx(0.5) and summ["converged"] is False and summ["dataset"] == "X"
+    assert "per_case" not in json.dumps(summ)
+
+
+@pytest.mark.parametrize("rows, best", [
+    ([("A", 0.02, 3, 3, 0.01), ("C", 0.03, 2, 3, 0.01)], "A"),   # C is larger but behind in one seed
+    ([("A", 0.02, 3, 3, -0.01), ("C", 0.01, 3, 3, 0.002)], "C"),  # A's interval crosses zero
+    ([("A", -0.01, 0, 3, -0.02)], None),
+])
+def test_best_method_is_ahead_in_every_seed_with_an_interval_above_zero(rows, best):
+    from semi_nnunet.benchmarking.report import best_method
+    summ = {"rows": [{"labeled": "5", "method": "B", "baseline": True, "delta": None, "ahead": None, "seeds": 3}] +
+            [{"labeled": "5", "method": m, "baseline": False, "delta": d, "ahead": a, "seeds": n,
+              "delta_ci95": [lo, lo + 0.05]} for m, d, a, n, lo in rows]}
+    assert best_method(summ, "5") == best
 
 
 def test_two_workers_on_one_grid_run_each_job_once(tmp_path, monkeypatch):
