@@ -352,8 +352,9 @@ def summary_text(summ: dict) -> str:
     budget = f"{b['epochs']} epochs x {b['iterations_per_epoch']} iterations" if b.get("epochs") else "default budget"
     state = {True: "the supervised baseline converged at this budget", None: "convergence not measured",
              False: "NOT converged: the baseline still changed by more than 0.5 Dice points in its second half"}
-    lines = [f"Multi-seed benchmark on {summ['dataset']} ({summ['date']}, {summ['configuration']}, {budget}, training seeds "
-             f"{', '.join(map(str, summ['training_seeds']))}, {summ['jobs_done']} of {summ['jobs_total']} jobs; "
+    lines = [f"Multi-seed benchmark on {summ['dataset']} ({summ['date']}, {summ['configuration']}, {budget}, "
+             f"training seeds {', '.join(map(str, summ['training_seeds']))}, "
+             f"{summ['jobs_done']} of {summ['jobs_total']} jobs; "
              f"{state[summ['converged']]}):",
              f"  {'labeled':<8s}{'method':<34s}{'seeds':>6s}{'Dice':>9s}{'delta [95% CI]':>28s}{'ahead':>8s}"
              f"{'gap rec.':>10s}"]

@@ -8,8 +8,8 @@ from semi_nnunet.utilities.raw_dataset import DatasetError
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description="Run semi_nnunet end to end on the bundled HC18 subset (20 labeled, 40 unlabeled, 20 test "
-                    "images): convert, plan and preprocess, train, predict the test images and print Dice, then the multi-seed "
-                    "benchmark that tells the methods apart.")
+                    "images): convert, plan and preprocess, train, predict the test images and print Dice, then "
+                    "the multi-seed benchmark that tells the methods apart.")
     parser.add_argument("-o", "--output", default="semi_nnunet_demo", help="working folder (default: %(default)s)")
     parser.add_argument("-tr", nargs="+", default=None,
                         help="trainers to compare (default: the supervised baseline nnUNetTrainer_demo and "
