@@ -15,6 +15,16 @@ That split is exactly what HCO needs: the labeled gradient is complete before th
 whose losses share one graph (e.g. a contrastive loss over labeled and unlabeled anchors) sets ``joint_losses = True``
 and overrides ``compute_losses``; the step then backpropagates the sum.
 
+Multi-GPU (DDP, ``-num_gpus N`` as in nnU-Net): nnU-Net wraps the U-Net in ``DistributedDataParallel`` with
+``find_unused_parameters=False``, whose reduction assumes one forward and one backward per step that reach every
+parameter. Semi-supervised steps break that: two backward passes, unlabeled losses that use only the full-resolution
+output (the deep-supervision heads get no gradient from them), a feature stream decoded outside DDP's forward, a
+batch whose labeled part is empty on one rank. So the whole step runs in DDP's ``no_sync`` and the base averages the
+gradients itself, once per gradient set (:meth:`_average_gradients`: one all-reduce of one flat buffer holding the
+U-Net's and the auxiliary modules' gradients; a parameter unused on a rank counts as zero there). Every rank then
+takes the same step (same gradients, same clipping, same HCO mask), which the DDP test checks weight for weight. The
+price is that the all-reduce no longer overlaps the backward pass.
+
 Methods with more networks than nnU-Net's U-Net (a classification head, a foundation model) return them from
 ``build_auxiliary_modules()``; the base moves them to the device, optimizes their trainable parameters with the
 U-Net's, switches their train/eval mode, clips them, averages their gradients under DDP and saves them in the
@@ -281,16 +291,32 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
             return
         (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
 
-    def _sync_auxiliary_grads(self) -> None:
-        """DDP all-reduces the U-Net's gradients; the auxiliary modules' are averaged here."""
-        if not self.is_ddp or not self.auxiliary:
-            return
-        grads = [p.grad for p in self.auxiliary.parameters() if p.grad is not None]
-        if grads:
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            dist.all_reduce(flat)
-            flat /= dist.get_world_size()
-            torch._foreach_copy_(grads, list(torch.split(flat, [g.numel() for g in grads])))
+    def _no_sync(self):
+        """The step's context: under DDP, ``no_sync`` (DDP's own reduction stays off; :meth:`_average_gradients`
+        reduces instead, see the module docstring), else nothing."""
+        return self.network.no_sync() if self.is_ddp else dummy_context()
+
+    def _average_gradients(self, grads: List[Optional[torch.Tensor]]) -> List[Optional[torch.Tensor]]:
+        """Under DDP, ``grads`` (one per :meth:`_step_params` entry) averaged over the ranks in one all-reduce of one
+        flat buffer. A parameter without a gradient on a rank counts as zero there; one without a gradient on every
+        rank stays ``None`` (as without DDP, e.g. the lowest deep-supervision head, which nnU-Net weights 0)."""
+        if not self.is_ddp:
+            return grads
+        params = self._step_params()
+        parts = [g.reshape(-1) if g is not None else torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
+                 for p, g in zip(params, grads)]
+        present = torch.tensor([g is not None for g in grads], dtype=parts[0].dtype, device=parts[0].device)
+        flat = torch.cat(parts + [present])
+        dist.all_reduce(flat)
+        values = torch.split(flat[:-len(grads)] / dist.get_world_size(), [p.numel() for p in params])
+        return [v.view_as(p) if n > 0 else None for p, v, n in zip(params, values, flat[-len(grads):].tolist())]
+
+    def _average_own_gradients(self) -> None:
+        """:meth:`_average_gradients` on the parameters' ``.grad`` (in place of them)."""
+        if self.is_ddp:
+            params = self._step_params()
+            for p, g in zip(params, self._average_gradients([p.grad for p in params])):
+                p.grad = g
 
     def _step_params(self) -> List[torch.Tensor]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -308,7 +334,7 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
             logs["update_norm"] = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(before))))
 
     def _clip_and_step(self) -> None:
-        self._sync_auxiliary_grads()
+        self._average_own_gradients()
         params = self._step_params()
         if self.grad_scaler is not None:
             self.grad_scaler.unscale_(self.optimizer)
@@ -321,8 +347,13 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
 
     def update_step(self, labeled: dict, unlabeled: dict) -> Losses:
         """Backward(s) and the optimizer step; returns the detached losses and logs."""
-        if is_two_gradient(self.optimizer) and self.current_epoch >= self.hco_start_epoch:
-            return self.hco_update_step(labeled, unlabeled)
+        with self._no_sync():
+            if is_two_gradient(self.optimizer) and self.current_epoch >= self.hco_start_epoch:
+                return self.hco_update_step(labeled, unlabeled)
+            return self.plain_update_step(labeled, unlabeled)
+
+    def plain_update_step(self, labeled: dict, unlabeled: dict) -> Losses:
+        """The base optimizer's step: the two backward passes accumulate into one gradient."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.joint_losses:
             with self._autocast():
@@ -348,8 +379,6 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
         params = self._step_params()
         self.optimizer.zero_grad(set_to_none=True)
         if self.joint_losses:  # wiring C: one graph, the labeled gradient by autograd.grad
-            if self.is_ddp:
-                raise RuntimeError(f"{type(self).__name__}: HCO with joint_losses is not supported under DDP")
             with self._autocast():
                 sup, unsup, logs = self.compute_losses({"labeled": labeled, "unlabeled": unlabeled})
             scaled = self.grad_scaler.scale(sup) if self.grad_scaler is not None else sup
@@ -358,7 +387,6 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
             with self._autocast():
                 sup, logs = self.supervised_loss(labeled)
             self._backward(sup)
-            self._sync_auxiliary_grads()
             grads_l = [p.grad for p in params]
             for p in params:
                 p.grad = None
@@ -366,8 +394,8 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
                 unsup, logs_u = self.unlabeled_loss(unlabeled, labeled)
             logs = {**logs, **logs_u}
         self._backward(unsup)
-        self._sync_auxiliary_grads()
-        grads_u = [p.grad for p in params]
+        grads_l = self._average_gradients(grads_l)
+        grads_u = self._average_gradients([p.grad for p in params])
         finite = self._hco_scaler.unscale_(grads_l + grads_u)
         before = self._snapshot()
         if finite:

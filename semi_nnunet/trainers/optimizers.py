@@ -89,6 +89,8 @@ class HCOScaler:
     rule (halve on inf/NaN, double after ``growth_interval`` clean steps) through ``update(new_scale)``."""
 
     def __init__(self, scaler, growth_interval: Optional[int] = None):
+        if scaler is not None and not scaler.is_enabled():  # e.g. nnU-Net's CUDA GradScaler where CUDA is missing
+            scaler = None
         if growth_interval is None:  # the wrapped GradScaler's own setting (2000 by default)
             growth_interval = scaler.get_growth_interval() if scaler is not None else 2000
         self.scaler, self.growth_interval, self.clean_steps = scaler, growth_interval, 0

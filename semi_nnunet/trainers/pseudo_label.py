@@ -26,6 +26,7 @@ ground-truth loss is nnU-Net's own, unchanged.
 from typing import Dict, List, Optional, Tuple
 
 import torch
+from torch import distributed as dist
 from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
@@ -115,7 +116,10 @@ class PseudoLabelTrainer(SemiSupervisedTrainer):
         """With ``uniform`` sampling, draw this step's number of labeled patches (the rest are pseudo-labeled)."""
         if self.pseudo_sampling == "uniform":
             share = getattr(self, "_labeled_share", 0.5)
-            self._labeled_in_batch = int((torch.rand(self.batch_size) < share).sum())  # Binomial(B, share)
+            k = (torch.rand(self.batch_size) < share).sum().to(self.device)  # Binomial(B, share)
+            if self.is_ddp:  # every rank runs the same forwards (nnU-Net's DDP Dice gathers across ranks)
+                dist.broadcast(k, 0)
+            self._labeled_in_batch = int(k)
         return super().prepare_unlabeled(batch)
 
     @staticmethod
