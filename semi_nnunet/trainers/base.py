@@ -23,7 +23,9 @@ batch whose labeled part is empty on one rank. So the whole step runs in DDP's `
 gradients itself, once per gradient set (:meth:`_average_gradients`: one all-reduce of one flat buffer holding the
 U-Net's and the auxiliary modules' gradients; a parameter unused on a rank counts as zero there). Every rank then
 takes the same step (same gradients, same clipping, same HCO mask), which the DDP test checks weight for weight. The
-price is that the all-reduce no longer overlaps the backward pass.
+price is that the all-reduce no longer overlaps the backward pass. Auxiliary modules start from rank 0's weights and
+follow rank 0's buffers after every step (DDP's ``broadcast_buffers`` rule); on CUDA their batch norms become
+``SyncBatchNorm``, as nnU-Net does for the U-Net.
 
 Methods with more networks than nnU-Net's U-Net (a classification head, a foundation model) return them from
 ``build_auxiliary_modules()``; the base moves them to the device, optimizes their trainable parameters with the
@@ -203,9 +205,20 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
                 groups.append({"params": params, "lr": lr})
         return groups
 
+    def build_auxiliary(self) -> None:
+        """``self.auxiliary`` from :meth:`build_auxiliary_modules`, once: on the device and, under DDP, starting
+        from rank 0's weights (DDP does this for the U-Net when it wraps it), with ``SyncBatchNorm`` on CUDA (as
+        nnU-Net does for the U-Net; PyTorch's is CUDA-only). nnU-Net calls ``configure_optimizers`` from
+        ``initialize()`` right after building the network; that is where this runs."""
+        if self.auxiliary is not None:
+            return
+        self.auxiliary = torch.nn.ModuleDict(self.build_auxiliary_modules()).to(self.device)
+        if self.is_ddp and self.device.type == "cuda":
+            self.auxiliary = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.auxiliary)
+        self._broadcast_from_rank0(list(self.auxiliary.parameters()) + list(self.auxiliary.buffers()))
+
     def configure_optimizers(self):
-        if self.auxiliary is None:  # nnU-Net calls this from initialize(), right after building the network
-            self.auxiliary = torch.nn.ModuleDict(self.build_auxiliary_modules()).to(self.device)
+        self.build_auxiliary()
         return build_optimizer(self)
 
     def check_unlabeled_data(self) -> List[str]:
@@ -311,6 +324,20 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
         values = torch.split(flat[:-len(grads)] / dist.get_world_size(), [p.numel() for p in params])
         return [v.view_as(p) if n > 0 else None for p, v, n in zip(params, values, flat[-len(grads):].tolist())]
 
+    def _broadcast_from_rank0(self, tensors: List[torch.Tensor]) -> None:
+        """Under DDP, overwrite ``tensors`` with rank 0's values (one broadcast per dtype)."""
+        if not self.is_ddp or not tensors:
+            return
+        by_dtype: Dict[torch.dtype, List[torch.Tensor]] = defaultdict(list)
+        for t in tensors:
+            by_dtype[t.dtype].append(t)
+        with torch.no_grad():
+            for group in by_dtype.values():
+                flat = torch.cat([t.reshape(-1) for t in group])
+                dist.broadcast(flat, 0)
+                torch._foreach_copy_(group, [v.view_as(t) for t, v in
+                                             zip(group, torch.split(flat, [t.numel() for t in group]))])
+
     def _average_own_gradients(self) -> None:
         """:meth:`_average_gradients` on the parameters' ``.grad`` (in place of them)."""
         if self.is_ddp:
@@ -409,6 +436,8 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
         return sup.detach(), unsup.detach(), logs
 
     def after_step(self) -> None:
+        if self.auxiliary:  # running statistics (batch norm) follow rank 0's, as DDP's broadcast_buffers does
+            self._broadcast_from_rank0(list(self.auxiliary.buffers()))
         if self.teacher is not None:
             ema_update_(self.teacher, self.unwrapped_network(), self.teacher_decay())
         self.global_step += 1

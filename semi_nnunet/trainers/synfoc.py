@@ -143,8 +143,7 @@ class SynFoCTrainer(SemiSupervisedTrainer):
         return list(self.network.parameters())
 
     def configure_optimizers(self):
-        if self.auxiliary is None:
-            self.auxiliary = torch.nn.ModuleDict(self.build_auxiliary_modules()).to(self.device)
+        self.build_auxiliary()
         unet, _ = build_optimizer(self)  # nnU-Net's SGD, or the optimizer_name variant (HCO-SGD for _HCO)
         from semi_nnunet.optim import CautiousAdamW, HierarchicalCautiousAdamW
         name = self.optimizer_name or "sgd"

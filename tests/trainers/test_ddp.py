@@ -39,7 +39,7 @@ def planned(module_paths):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("nnUNet_n_proc_DA", "0")
         make_synthetic_dataset(module_paths["nnUNet_raw"], 976, dim=2, num_labeled=6, num_unlabeled=4,
-                               shape=(32, 32), image_classes=True)
+                               shape=(48, 48), image_classes=True)  # Hermes's ResNet: 2 x 2 at its last stage
         plan_and_preprocess(976, ["2d"], num_processes=1, show_progress=False)
     cases = join(module_paths["nnUNet_preprocessed"], DATASET, "nnUNetPlans_2d")
     for initial in INITIAL:  # stand-in pseudo-labels: preprocessed cases with a segmentation, where a stage reads them
