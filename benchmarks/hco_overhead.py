@@ -21,11 +21,17 @@ def main() -> None:
     parser.add_argument("-device", default="cpu")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workdir", help="keep the preprocessed datasets here and reuse them (default: a new "
+                                          "temporary folder)")
+    parser.add_argument("--configurations", nargs="+", default=["2d", "3d_fullres"],
+                        help="which of the prepared datasets to time (default: both)")
     args = parser.parse_args()
     pairs = [("sgd", "hco_sgd"), ("adamw", "hco_adamw")]
     names = [f"{args.trainer}_{o}" for pair in pairs for o in pair]
     rows = []
-    for dataset_name, configuration in prepare_datasets(args.hippocampus):
+    for dataset_name, configuration in prepare_datasets(args.hippocampus, args.workdir):
+        if configuration not in args.configurations:
+            continue
         result = time_trainers(names, dataset_name, configuration, args.device, args.iters, args.rounds)
         for base, hco in pairs:
             b, h = result[f"{args.trainer}_{base}"], result[f"{args.trainer}_{hco}"]

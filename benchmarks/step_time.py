@@ -68,11 +68,12 @@ def prepare_datasets(hippocampus=None, workdir=None):
     from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
     paths = set_nnunet_paths(workdir)
     convert_demo_data(paths["nnUNet_raw"])
-    plan_and_preprocess(DEMO_DATASET_ID, ["2d"], num_processes=1, show_progress=False)
+    plan_and_preprocess(DEMO_DATASET_ID, ["2d"], num_processes=1, show_progress=False)  # skips what is done
     cases = [(f"Dataset{DEMO_DATASET_ID}_{DEMO_DATASET_NAME}", "2d")]
     if hippocampus:
         from semi_nnunet.dataset_conversion.msd_hippocampus import convert_msd_hippocampus
-        convert_msd_hippocampus(hippocampus, 803, 20, 20, 0, output_root=paths["nnUNet_raw"], verbose=False)
+        if not os.path.isdir(join(paths["nnUNet_raw"], "Dataset803_Hippocampus")):
+            convert_msd_hippocampus(hippocampus, 803, 20, 20, 0, output_root=paths["nnUNet_raw"], verbose=False)
         plan_and_preprocess(803, ["3d_fullres"], num_processes=1, show_progress=False)
         cases.append(("Dataset803_Hippocampus", "3d_fullres"))
     return cases

@@ -78,6 +78,24 @@ def agree(a: List[torch.Tensor], b: List[torch.Tensor]) -> List[torch.Tensor]:
     return [torch.mul(x, y) > 0 for x, y in zip(a, b)]
 
 
+def agree_into_(out: List[torch.Tensor], a: List[torch.Tensor], b: List[torch.Tensor]) -> List[torch.Tensor]:
+    """``out = 1[a * b > 0]`` as 0/1 values of ``out``'s dtype, in fused passes over all tensors (no per-tensor
+    kernels): ``a * b``, its sign, clamped at 0."""
+    torch._foreach_copy_(out, a)
+    torch._foreach_mul_(out, b)
+    torch._foreach_sign_(out)
+    torch._foreach_clamp_min_(out, 0.0)
+    return out
+
+
+def count_ones_fused(masks: List[torch.Tensor]) -> torch.Tensor:
+    """Ones per 0/1 mask (float32 or float64) in one fused pass (their L1 norms; exact below 2^24 elements per
+    tensor in float32). Other dtypes are counted per tensor in float32 (:func:`count_ones`)."""
+    if masks[0].dtype not in (torch.float32, torch.float64):
+        return count_ones(masks)
+    return torch.stack(torch._foreach_norm(masks, 1))
+
+
 class _GradOptimizer(Optimizer):
     """``step()`` over the parameters that have a gradient, group by group: subclasses implement ``_base_step``."""
 
@@ -104,6 +122,27 @@ class _TwoGradientOptimizer(_GradOptimizer):
     def __init__(self, params, defaults):
         super().__init__(params, defaults)
         self._mask_ones, self._mask_total = None, 0
+        self._scratch_buffers = {}  # reused between steps (not optimizer state: never saved)
+
+    def _scratch(self, name: str, params: List[torch.Tensor]) -> List[torch.Tensor]:
+        """One work buffer per parameter under ``name``, allocated at the first step and reused after."""
+        store = self._scratch_buffers.setdefault(name, {})
+        out = []
+        for p in params:
+            t = store.get(p)
+            if t is None or t.shape != p.shape or t.dtype != p.dtype or t.device != p.device:
+                t = store[p] = torch.empty_like(p, memory_format=torch.preserve_format)
+            out.append(t)
+        return out
+
+    @staticmethod
+    def _phi_bar_(masks: List[torch.Tensor], mask_eps: float) -> torch.Tensor:
+        """``masks`` (0/1) scaled in place to ``phi_bar = phi / max(mean(phi), mask_eps)``; returns the count of ones
+        of every mask (one host synchronisation for the scales, which the logged mask ratio needs anyway)."""
+        counts = count_ones_fused(masks)
+        numels = torch.tensor([max(m.numel(), 1) for m in masks], dtype=counts.dtype, device=counts.device)
+        torch._foreach_mul_(masks, (counts / numels).clamp_min(mask_eps).reciprocal().tolist())
+        return counts
 
     @property
     def last_mask_ratio(self) -> float:
@@ -138,13 +177,14 @@ class _TwoGradientOptimizer(_GradOptimizer):
                 if subset:
                     self._base_step(group, [p for p, _ in subset], [g for _, g in subset])
             if both:
-                phis = self._hco_step(group, [b[0] for b in both], [b[1] for b in both], [b[2] for b in both])
-                count = count_ones(phis).sum()
+                counts = self._hco_step(group, [b[0] for b in both], [b[1] for b in both], [b[2] for b in both])
+                count = counts.sum()
                 ones = count if ones is None else ones + count
-                total += sum(p.numel() for p in phis)
+                total += sum(b[0].numel() for b in both)
         self._mask_ones, self._mask_total = ones, total
 
-    def _hco_step(self, group, params, grads_l, grads_u) -> List[torch.Tensor]:
+    def _hco_step(self, group, params, grads_l, grads_u) -> torch.Tensor:
+        """The HCO update of one group's parameters that have both gradients; returns each mask's count of ones."""
         raise NotImplementedError
 
 
@@ -207,19 +247,20 @@ class HierarchicalCautiousAdamW(_TwoGradientOptimizer):
         torch._foreach_mul_(v, b2)
         torch._foreach_addcmul_(v, grads_l, grads_l, 1 - b2)
         # u^L = m_hat / (sqrt(v_hat) + eps) has the sign of m, so the mask needs no u^L tensor
-        masks = agree(m, grads_u)
+        masks = agree_into_(self._scratch("mask", params), m, grads_u)
         torch._foreach_addcdiv_(params, m, self._denominators(v, steps, b2, eps), step_sizes)  # w -= lr u^L
-        gu_phi = [g * k for g, k in zip(grads_u, masks)]
+        gu_phi = self._scratch("work", params)
+        torch._foreach_copy_(gu_phi, grads_u)
+        torch._foreach_mul_(gu_phi, masks)
         torch._foreach_add_(m, gu_phi, alpha=1 - b1)
         torch._foreach_addcmul_(v, gu_phi, gu_phi, 1 - b2)
         if group["second_mask"]:  # Remark 1's variant: also require agreement with the refined direction u
-            masks = [k & a for k, a in zip(masks, agree(m, grads_u))]
-        numerators = [a * k for a, k in zip(m, masks)]
-        scales = mask_scales(masks, group["mask_eps"], m[0].dtype)
-        torch._foreach_mul_(numerators, [s.to(a.dtype) for s, a in zip(scales, m)])
-        torch._foreach_addcdiv_(params, numerators, self._denominators(v, steps, b2, eps), step_sizes)
+            torch._foreach_mul_(masks, agree_into_(self._scratch("mask2", params), m, grads_u))
+        counts = self._phi_bar_(masks, group["mask_eps"])
+        torch._foreach_mul_(masks, m)  # the numerators phi_bar * m, in the mask's buffer
+        torch._foreach_addcdiv_(params, masks, self._denominators(v, steps, b2, eps), step_sizes)
         self._apply_decoupled_decay(group, params)
-        return masks
+        return counts
 
 
 class HierarchicalCautiousAdam(HierarchicalCautiousAdamW):
@@ -264,13 +305,12 @@ class HierarchicalCautiousSGD(_TwoGradientOptimizer):
         bufs = self._buffers(params, grads_l)
         torch._foreach_mul_(bufs, b1)
         torch._foreach_add_(bufs, grads_l)  # m^L
-        masks = agree(bufs, grads_u)
+        phi_bar = agree_into_(self._scratch("mask", params), bufs, grads_u)
         torch._foreach_add_(params, bufs, alpha=-lr)  # w -= lr m^L, before the buffer moves on
-        scales = mask_scales(masks, group["mask_eps"], bufs[0].dtype)
-        phi_bar = [k * s.to(b.dtype) for k, s, b in zip(masks, scales, bufs)]
+        counts = self._phi_bar_(phi_bar, group["mask_eps"])
         torch._foreach_mul_(bufs, b1)
         torch._foreach_addcmul_(bufs, grads_u, phi_bar)
         torch._foreach_addcmul_(params, bufs, phi_bar, -lr)
         if group["weight_decay"]:
             torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
-        return masks
+        return counts

@@ -54,7 +54,7 @@ from torch._dynamo import OptimizedModule
 
 from semi_nnunet.planners.preprocessing import unlabeled_folder_name
 from semi_nnunet.trainers.ema import budget_decay, ema_decay, ema_update_, make_teacher
-from semi_nnunet.trainers.optimizers import HCOScaler, build_optimizer, clip_, is_two_gradient
+from semi_nnunet.trainers.optimizers import HCOScaler, build_optimizer, is_two_gradient
 from semi_nnunet.trainers.progress import append_curves_to_progress_png
 from semi_nnunet.trainers.ramps import RAMPS
 from semi_nnunet.trainers.schedule import ScheduleMixin
@@ -402,7 +402,7 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
     def hco_update_step(self, labeled: dict, unlabeled: dict) -> Losses:
         """HCO: the labeled and unlabeled gradients kept apart (spec wiring B: labeled forward and backward, gradients
         set aside by pointer swap, then unlabeled forward and backward; no extra FLOPs). AMP: both sets unscaled by
-        hand with one finiteness check; each set clipped to nnU-Net's max norm 12 separately."""
+        hand, their norms taken once for the finiteness check and the clipping (each set to nnU-Net's max norm 12)."""
         params = self._step_params()
         self.optimizer.zero_grad(set_to_none=True)
         if self.joint_losses:  # wiring C: one graph, the labeled gradient by autograd.grad
@@ -423,11 +423,9 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
         self._backward(unsup)
         grads_l = self._average_gradients(grads_l)
         grads_u = self._average_gradients([p.grad for p in params])
-        finite = self._hco_scaler.unscale_(grads_l + grads_u)
+        finite = self._hco_scaler.unscale_and_clip_((grads_l, grads_u), 12)
         before = self._snapshot()
         if finite:
-            clip_(grads_l, 12)
-            clip_(grads_u, 12)
             self.optimizer.step_hco(grads_l, grads_u)
         self._hco_scaler.update(finite)
         self.optimizer.zero_grad(set_to_none=True)

@@ -20,6 +20,7 @@ A trainer may give some auxiliary modules their own learning rate (``auxiliary_l
 classifier at the paper's 1e-4): they become separate parameter groups of the same optimizer, and the poly schedule
 (:class:`~semi_nnunet.optim.grouped.GroupedPolyLR`) decays every group from its own initial rate.
 """
+import math
 from typing import List, Optional, Sequence
 
 import torch
@@ -103,6 +104,30 @@ class HCOScaler:
         if tensors:
             torch._foreach_mul_(tensors, 1.0 / float(self.scaler.get_scale()))
         return all_finite(tensors)
+
+    def unscale_and_clip_(self, grad_sets: Sequence[Sequence[Optional[torch.Tensor]]], max_norm: float) -> bool:
+        """HCO's per-step gradient work in fused passes: unscale every set (with a scaler), take each set's L2 norm
+        (one ``_foreach_norm`` per set), read all norms with one host synchronisation, and, when they are finite,
+        clip each set to ``max_norm`` (as :func:`clip_`; a set already within it is left untouched, the multiply by
+        1 skipped). Returns False, touching nothing else, when a norm is not finite: an inf or NaN gradient, or one
+        so large that its norm overflows (clipping would have zeroed it); the step is then skipped."""
+        sets = [[g for g in grads if g is not None] for grads in grad_sets]
+        if self.scaler is not None:
+            every = [g for grads in sets for g in grads]
+            if every:
+                torch._foreach_mul_(every, 1.0 / float(self.scaler.get_scale()))
+        sets = [grads for grads in sets if grads]
+        if not sets:
+            return True
+        totals = torch.stack([torch.linalg.vector_norm(torch.stack(torch._foreach_norm(g, 2)), 2) for g in sets])
+        # the clip coefficients as clip_ computes them (in the gradients' dtype), read with the norms in one sync
+        values = torch.cat([totals, (max_norm / (totals + 1e-6)).clamp(max=1.0)]).tolist()
+        if not all(math.isfinite(t) for t in values[:len(sets)]):
+            return False
+        for grads, coef in zip(sets, values[len(sets):]):
+            if coef != 1.0:
+                torch._foreach_mul_(grads, coef)
+        return True
 
     def update(self, finite: bool) -> None:
         if self.scaler is None:

@@ -1,4 +1,4 @@
-"""AMP bookkeeping for two gradient sets (spec ``shared/methods/hco.md`` (e) step 3) and ``clip_`` (step 4).
+"""AMP bookkeeping for two gradient sets (documentation/hco.md: unscale both, one finiteness check) and ``clip_``.
 
 ``torch.amp.GradScaler("cpu")`` is enabled on CPU in the torch this project uses, so the tests drive a real scaler
 (its scale is created lazily by ``scale()``, as in training, so each test scales a loss first)."""
@@ -204,3 +204,29 @@ def test_clip_empty_and_all_none():
 ])
 def test_all_finite(grads, expected):
     assert all_finite(grads) is expected
+
+
+@pytest.mark.parametrize("with_scaler", [False, True])
+@pytest.mark.parametrize("max_norm", [12.0, 5.0, 1e6])  # both sets clipped / one of them / neither
+def test_fused_unscale_and_clip_equals_unscale_then_clip(with_scaler, max_norm):
+    """The trainer's fused HCO path gives bit for bit what unscale_ followed by clip_ on each set gives."""
+    sets = []
+    for _ in range(2):
+        gl, gu = grad_lists()
+        scaler = real_scaler(init_scale=4.0) if with_scaler else None
+        sets.append((HCOScaler(scaler), gl, gu))
+    (a, gl_a, gu_a), (b, gl_b, gu_b) = sets
+    assert a.unscale_(gl_a + gu_a) is True
+    clip_(gl_a, max_norm)
+    clip_(gu_a, max_norm)
+    assert b.unscale_and_clip_((gl_b, gu_b), max_norm) is True
+    for x, y in zip(gl_a + gu_a, gl_b + gu_b):
+        assert (x is None and y is None) or torch.equal(x, y)
+
+
+@pytest.mark.parametrize("which, value", [(0, float("inf")), (1, float("nan")), (1, float("-inf"))])
+def test_fused_unscale_and_clip_refuses_a_non_finite_set(which, value):
+    gl, gu = grad_lists()
+    (gl, gu)[which][0][0] = value
+    assert HCOScaler(None).unscale_and_clip_((gl, gu), 12.0) is False
+    assert HCOScaler(None).unscale_and_clip_(([None], []), 12.0) is True
