@@ -33,6 +33,49 @@ def _labels(folder: str) -> dict:
     return {f: np.asarray(Image.open(join(folder, f))) for f in sorted(os.listdir(folder)) if f.endswith(".png")}
 
 
+def compare_predictions(workdir: str, dataset_id: int, raw: str, trainer: str, device: str, repeats: int) -> str:
+    """Train 5 folds of ``trainer`` (once; reused), then time stock nnUNetv2_predict and semi_nnUNet_predict (logits
+    and probability averaging) on ``raw``/imagesTs, alternating ``repeats`` times; returns the Markdown table."""
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+    from semi_nnunet.run.train_api import ext_trainer_path, train
+    model = get_output_folder(dataset_id, trainer, "nnUNetPlans", "2d")
+    todo = [f for f in range(5) if not os.path.isfile(join(model, f"fold_{f}", "checkpoint_final.pth"))]
+    if todo:
+        train(dataset_id, "2d", trainer, todo, device=device)
+    images = join(raw, "imagesTs")
+    n = len([f for f in os.listdir(images) if f.endswith(".png")])
+
+    env = {**os.environ, "nnUNet_extTrainer": ext_trainer_path()}
+    common = ["-i", images, "-d", str(dataset_id), "-c", "2d", "-tr", trainer, "-f", "0", "1", "2", "3", "4",
+              "-device", device]
+    runs = {"stock": [], "ours_logits": [], "ours": []}
+    for r in range(repeats):
+        for name in runs:
+            out = join(workdir, f"{name}_{r}")
+            shutil.rmtree(out, ignore_errors=True)
+            if name == "stock":
+                cmd = [shutil.which("nnUNetv2_predict"), *common, "-o", out]
+            else:
+                cmd = [shutil.which("semi_nnUNet_predict"), *common, "-o", out] + \
+                    (["--average", "logits"] if name == "ours_logits" else [])
+            runs[name].append(_timed(cmd, env))
+            print(f"{name} run {r}: {runs[name][-1]:.1f} s", flush=True)
+    stock, logits, probs = (_labels(join(workdir, f"{k}_0")) for k in ("stock", "ours_logits", "ours"))
+    identical = all(np.array_equal(stock[f], logits[f]) for f in stock) and stock.keys() == logits.keys()
+    agreement = np.mean([np.mean(stock[f] == probs[f]) for f in stock])
+    best = {k: min(v) for k, v in runs.items()}
+    lines = [f"{n} test images, 5 folds of {trainer}, mirroring TTA, device {device}, {repeats} alternating runs "
+             f"each (fastest shown)", "",
+             "| command | wall time (s) | s / image | ratio vs stock | labels vs stock |", "|---|---|---|---|---|",
+             f"| nnUNetv2_predict -f 0 1 2 3 4 | {best['stock']:.1f} | {best['stock'] / n:.2f} | 1.00 | - |",
+             f"| semi_nnUNet_predict --average logits | {best['ours_logits']:.1f} | {best['ours_logits'] / n:.2f} | "
+             f"{best['ours_logits'] / best['stock']:.2f} | {'identical' if identical else 'DIFFERENT'} |",
+             f"| semi_nnUNet_predict (probabilities) | {best['ours']:.1f} | {best['ours'] / n:.2f} | "
+             f"{best['ours'] / best['stock']:.2f} | {100 * agreement:.3f} % pixels identical |", "",
+             "all runs (s): " + ", ".join(f"{k} {['%.1f' % t for t in v]}" for k, v in runs.items())]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hc18", default=None, help="HC18 training_set folder (default: the bundled demo subset)")
@@ -46,7 +89,6 @@ def main() -> None:
     workdir = args.workdir or tempfile.mkdtemp(prefix="predict_ensemble_")
     from semi_nnunet.dataset_conversion.synthetic import set_nnunet_paths
     from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
-    from semi_nnunet.run.train_api import ext_trainer_path, train
 
     paths = set_nnunet_paths(workdir)
     existing = [d for d in os.listdir(paths["nnUNet_raw"]) if d.startswith(("Dataset812_", "Dataset990_"))]
@@ -62,44 +104,7 @@ def main() -> None:
         dataset_id = 990
         raw = convert_demo_data(paths["nnUNet_raw"], dataset_id)
     plan_and_preprocess(dataset_id, ["2d"], num_processes=2, show_progress=False)
-    from nnunetv2.utilities.file_path_utilities import get_output_folder
-    model = get_output_folder(dataset_id, args.trainer, "nnUNetPlans", "2d")
-    todo = [f for f in range(5) if not os.path.isfile(join(model, f"fold_{f}", "checkpoint_final.pth"))]
-    if todo:
-        train(dataset_id, "2d", args.trainer, todo, device=args.device)
-    images = join(raw, "imagesTs")
-    n = len([f for f in os.listdir(images) if f.endswith(".png")])
-
-    env = {**os.environ, "nnUNet_extTrainer": ext_trainer_path()}
-    common = ["-i", images, "-d", str(dataset_id), "-c", "2d", "-tr", args.trainer, "-f", "0", "1", "2", "3", "4",
-              "-device", args.device]
-    runs = {"stock": [], "ours_logits": [], "ours": []}
-    for r in range(args.repeats):
-        for name in runs:
-            out = join(workdir, f"{name}_{r}")
-            shutil.rmtree(out, ignore_errors=True)
-            if name == "stock":
-                cmd = [shutil.which("nnUNetv2_predict"), *common, "-o", out]
-            else:
-                cmd = [shutil.which("semi_nnUNet_predict"), *common, "-o", out] + \
-                    (["--average", "logits"] if name == "ours_logits" else [])
-            runs[name].append(_timed(cmd, env))
-            print(f"{name} run {r}: {runs[name][-1]:.1f} s", flush=True)
-    stock, logits, probs = (_labels(join(workdir, f"{k}_0")) for k in ("stock", "ours_logits", "ours"))
-    identical = all(np.array_equal(stock[f], logits[f]) for f in stock) and stock.keys() == logits.keys()
-    agreement = np.mean([np.mean(stock[f] == probs[f]) for f in stock])
-    best = {k: min(v) for k, v in runs.items()}
-
-    print(f"\n{n} test images, 5 folds of {args.trainer}, mirroring TTA, device {args.device}, "
-          f"{args.repeats} alternating runs each (fastest shown)")
-    print("\n| command | wall time (s) | s / image | ratio vs stock | labels vs stock |\n|---|---|---|---|---|")
-    print(f"| nnUNetv2_predict -f 0 1 2 3 4 | {best['stock']:.1f} | {best['stock'] / n:.2f} | 1.00 | - |")
-    print(f"| semi_nnUNet_predict --average logits | {best['ours_logits']:.1f} | {best['ours_logits'] / n:.2f} | "
-          f"{best['ours_logits'] / best['stock']:.2f} | {'identical' if identical else 'DIFFERENT'} |")
-    print(f"| semi_nnUNet_predict (probabilities) | {best['ours']:.1f} | {best['ours'] / n:.2f} | "
-          f"{best['ours'] / best['stock']:.2f} | {100 * agreement:.3f} % pixels identical |")
-    print("\nall runs (s): " + ", ".join(f"{k} {['%.1f' % t for t in v]}" for k, v in runs.items()))
-
+    print(compare_predictions(workdir, dataset_id, raw, args.trainer, args.device, args.repeats))
 
 if __name__ == "__main__":
     main()

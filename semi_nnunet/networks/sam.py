@@ -56,6 +56,8 @@ class SAMConfig:
 
 SAM_CONFIGS: Dict[str, SAMConfig] = {
     "vit_b": SAMConfig(768, 12, 12, (2, 5, 8, 11)),  # = segment_anything.build_sam.build_sam_vit_b
+    # ViT-B's shapes, randomly initialised: step time and memory of SynFoC without MedSAM weights (gpu_check)
+    "vit_b_random": SAMConfig(768, 12, 12, (2, 5, 8, 11), needs_checkpoint=False),
     "tiny_random": SAMConfig(32, 2, 2, (1,), patch_size=8, window_size=4, mlp_ratio=2.0, prompt_embed_dim=32,
                              decoder_depth=1, decoder_mlp_dim=64, decoder_num_heads=2, mask_in_chans=4,
                              iou_head_depth=2, iou_head_hidden_dim=32, needs_checkpoint=False),

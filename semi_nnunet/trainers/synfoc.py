@@ -237,6 +237,12 @@ class SynFoCTrainer(SemiSupervisedTrainer):
         super().load_extra_checkpoint_state(checkpoint)
 
 
+class SynFoCTrainer_randomViTB(SynFoCTrainer):
+    """SynFoC with a randomly initialised SAM of ViT-B's size: the step time and memory of the real method where
+    MedSAM's weights are not at hand (benchmarks/gpu_check.py). Says nothing about accuracy."""
+    sam_config = "vit_b_random"
+
+
 class SynFoCTrainer_tinySAM(SynFoCTrainer):
     """A random tiny SAM (2 ViT blocks, width 32, 64 px input) instead of MedSAM ViT-B, for tests and CPU smoke
     runs: the same code path without the foundation model's knowledge, so its numbers are not SynFoC's."""
