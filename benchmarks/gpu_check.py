@@ -16,7 +16,6 @@ warmed up, above what was allocated before (so the trainers kept alive for the a
 With ``--quick`` (CPU): 2 iterations, 1 round, the random tiny SAM instead of ViT-B.
 """
 import argparse
-import itertools
 import json
 import os
 import statistics
@@ -30,6 +29,7 @@ from batchgenerators.utilities.file_and_folder_operations import join, load_json
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from predict_ensemble import compare_predictions  # noqa: E402
+from step_time import make_trainer  # noqa: E402
 
 SEMI_2D = ["MeanTeacherTrainer", "SemiCervixTrainer", "HermesTrainer", "SynFoCTrainer_randomViTB", "UniMatchTrainer"]
 SEMI_3D = ["MeanTeacherTrainer", "SemiCervixTrainer", "UniMatchTrainer"]
@@ -76,11 +76,9 @@ def prepare(workdir: str, hippocampus, synthetic_3d: bool, num_processes: int):
     return cases
 
 
-def trainer_class(name: str, quick: bool) -> type:
-    from semi_nnunet.run.train_api import find_trainer_class
-    if "SynFoCTrainer_randomViTB" in name and quick:
-        name = name.replace("SynFoCTrainer_randomViTB", "SynFoCTrainer_tinySAM")
-    return find_trainer_class(name)
+def trainer_name(name: str, quick: bool) -> str:
+    """The class a row times: with ``--quick`` SynFoC's ViT-B-sized SAM becomes the tiny one."""
+    return name.replace("SynFoCTrainer_randomViTB", "SynFoCTrainer_tinySAM") if quick else name
 
 
 def memory(device: str):
@@ -92,20 +90,10 @@ def memory(device: str):
 
 def build(name: str, dataset: str, configuration: str, device: str, quick: bool):
     """The trainer set up for timing (loaders started, a few batches cached) and its peak memory in MiB."""
-    from nnunetv2.paths import nnUNet_preprocessed
     before = memory(device)
     if before is not None:
         torch.cuda.reset_peak_memory_stats()
-    pre = join(str(nnUNet_preprocessed), dataset)
-    plans = {**load_json(join(pre, "nnUNetPlans.json")), "continue_training": False}
-    trainer = trainer_class(name, quick)(plans, configuration, 0, load_json(join(pre, "dataset.json")),
-                                         torch.device(device))
-    trainer.on_train_start()
-    trainer.network.train()
-    labeled = [next(trainer.dataloader_train) for _ in range(2)]
-    if getattr(trainer, "dataloader_unlabeled", None) is not None:
-        trainer.dataloader_unlabeled = itertools.cycle([next(trainer.dataloader_unlabeled) for _ in range(2)])
-    batches = itertools.cycle(labeled)
+    trainer, batches = make_trainer(trainer_name(name, quick), dataset, configuration, device)
     for _ in range(2):  # warm-up (cuDNN autotuning, lazy allocations)
         trainer.train_step(next(batches))
     peak = None
