@@ -94,6 +94,25 @@ def _pretrained(step: Step, previous_model: Optional[str]) -> Optional[str]:
     return join(previous_model, f"fold_{step.fold}", "checkpoint_final.pth") if previous_model else None
 
 
+def device_slots(parallel: int, device: str, environ=None) -> List[Optional[str]]:
+    """What each of ``parallel`` training processes gets as ``CUDA_VISIBLE_DEVICES``: on CUDA one GPU each, taken
+    from the GPUs the user or the scheduler listed in ``CUDA_VISIBLE_DEVICES`` (never overwritten with others), else
+    GPUs 0..parallel-1; None (the environment as it is) off CUDA. More processes than listed GPUs is an error."""
+    if device != "cuda":
+        return [None] * parallel
+    import os
+    visible = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+    if visible is None or not visible.strip():
+        return [str(i) for i in range(parallel)]
+    ids = [d.strip() for d in visible.split(",") if d.strip()]
+    if parallel > len(ids):
+        from semi_nnunet.utilities.errors import InputError
+        raise InputError(f"--parallel {parallel} trains one fold per GPU, but CUDA_VISIBLE_DEVICES={visible} lists "
+                         f"{len(ids)} GPU(s).", "--parallel / CUDA_VISIBLE_DEVICES",
+                         f"use --parallel {len(ids)} or list more GPUs.")
+    return ids[:parallel]
+
+
 def _train_in_subprocesses(steps: List[Step], dataset_name: str, configuration: str, plans_identifier: str,
                            device: str, parallel: int, previous_model: Optional[str] = None,
                            seed: Optional[int] = None) -> None:
@@ -104,15 +123,15 @@ def _train_in_subprocesses(steps: List[Step], dataset_name: str, configuration: 
     import sys
     from concurrent.futures import ThreadPoolExecutor
     slots = queue.Queue()
-    for i in range(parallel):
-        slots.put(i)
+    for slot in device_slots(parallel, device):
+        slots.put(slot)
 
     def run(step: Step) -> None:
         slot = slots.get()
         try:
             env = dict(os.environ)
-            if device == "cuda":
-                env["CUDA_VISIBLE_DEVICES"] = str(slot)
+            if slot is not None:
+                env["CUDA_VISIBLE_DEVICES"] = slot
             latest = isfile(join(step.model_folder, f"fold_{step.fold}", "checkpoint_latest.pth"))
             cmd = [sys.executable, "-m", "semi_nnunet.run.train_entrypoint", dataset_name, configuration,
                    step.trainer, str(step.fold), "-p", plans_identifier, "-device", device, "--stages", "0"]
@@ -152,6 +171,8 @@ def run_stages(dataset, configuration: str, trainer: str, folds: Optional[Sequen
     unlabeled = get_unlabeled_folder(dataset_name, plans_identifier, configuration)
     cases = unlabeled_identifiers(unlabeled)
     steps = plan_stages(dataset_name, configuration, trainer, folds, stages, plans_identifier)
+    if parallel > 1:
+        device_slots(parallel, device)  # too few listed GPUs fails here, before anything trains
     if dry_run:
         print(f"Staged pipeline of {trainer} on {dataset_name} {configuration}, folds {folds}, {stages} stage(s):")
         for step in steps:

@@ -159,3 +159,22 @@ def test_two_folds_killed_midway_then_resumed(nnunet_paths):
             assert os.path.isfile(join(results, f"{TRAINER}_stage{k}__nnUNetPlans__2d", f"fold_{f}",
                                        "checkpoint_final.pth"))
     assert not any(name.startswith(".staging") for name in os.listdir(join(initial, "pseudo_labels", "stage_1")))
+
+
+@pytest.mark.parametrize("parallel, device, visible, slots", [
+    (2, "cuda", None, ["0", "1"]),            # nothing listed: GPUs 0..N-1
+    (2, "cuda", "", ["0", "1"]),
+    (2, "cuda", "3,5,6", ["3", "5"]),         # the scheduler's GPUs, never others
+    (3, "cuda", " 4 , 7,2", ["4", "7", "2"]),
+    (2, "cpu", "3,5", [None, None]),          # off CUDA the environment is left as it is
+])
+def test_parallel_uses_the_listed_gpus(parallel, device, visible, slots):
+    from semi_nnunet.stages.runner import device_slots
+    environ = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
+    assert device_slots(parallel, device, environ) == slots
+
+
+def test_parallel_with_more_folds_than_listed_gpus_fails_clearly():
+    from semi_nnunet.stages.runner import device_slots
+    with pytest.raises(ValueError, match=r"CUDA_VISIBLE_DEVICES=1,2 lists 2 GPU\(s\)(.|\n)*use --parallel 2"):
+        device_slots(3, "cuda", {"CUDA_VISIBLE_DEVICES": "1,2"})
