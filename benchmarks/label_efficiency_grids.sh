@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The converged, multi-seed label-efficiency grids recorded in documentation/benchmarks.md (issue: a benchmark that
 # can be trusted). Resumable: rerun the same script and only unfinished jobs run. Usage:
-#   DATA=../shared/data WORK=/path/with/space bash benchmarks/label_efficiency_grids.sh [hc18|hc18_new|hc18_b160_base|hc18_b160|hc18_b160_more|hippo|save] ...
+#   DATA=../shared/data WORK=/path/with/space bash benchmarks/label_efficiency_grids.sh [hc18|hc18_new|hc18_b160_base|hc18_b160_first|hc18_b160|hc18_b160_more|hippo|save] ...
 # Each grid is run by two workers (the same command started twice, each on its own core with one thread; a job's
 # lock file hands every job to one of them). Finished jobs' result files are kept in the repository
 # (documentation/benchmarks/<grid>/jobs/) and copied back into WORK first, so a fresh machine resumes the grid
@@ -68,6 +68,10 @@ for what in "${@:-hc18}"; do case $what in
     # every call shares the baseline jobs (code 03d1c94: budget-aware EMA, UniMatch, self-training)
     hc18_b160_base) grid hc18_b160 03d1c94 -d 832 -c 2d --labeled 5 all -tr \
         --epochs 160 --iterations 50 --repeats 3 ;;
+    # after seed 0 of the methods: Semi-CervixSeg with uniform sampling (ahead the most) and MT_HCO first
+    hc18_b160_first) grid hc18_b160 03d1c94 -d 832 -c 2d --labeled 5 all \
+        -tr SemiCervixTrainer_uniform MeanTeacherTrainer_HCO --no-hco --stages 1 \
+        --epochs 160 --iterations 50 --repeats 3 ;;
     hc18_b160) grid hc18_b160 03d1c94 -d 832 -c 2d --labeled 5 all \
         -tr HermesTrainer SemiCervixTrainer UniMatchTrainer --no-hco --stages 1 \
         --epochs 160 --iterations 50 --repeats 3 ;;
@@ -78,5 +82,5 @@ for what in "${@:-hc18}"; do case $what in
     hippo) grid hippo_grid d68d24c -d 840 -c 3d_fullres --labeled 10 -tr MeanTeacherTrainer --no-hco \
         --epochs 30 --iterations 50 --repeats 3 ;;
     save) save ;;
-    *) echo "unknown grid $what (hc18, hc18_new, hc18_b160_base, hc18_b160, hc18_b160_more, hippo, save)"; exit 2 ;;
+    *) echo "unknown grid $what (hc18, hc18_new, hc18_b160_base, hc18_b160_first, hc18_b160, hc18_b160_more, hippo, save)"; exit 2 ;;
 esac; done
