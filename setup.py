@@ -28,7 +28,11 @@ setup(
         "peft>=0.10",  # LoRA adapters for SynFoC's SAM encoder
         "torchvision",  # ResNet backbones of USL-Net's saliency stage (MoCo v2, CCAM)
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        "ray": ["ray>=2.9"],  # --executor ray, --parallel: a local instance or a cluster (documentation/cluster.md)
+        "slurm": ["submitit>=1.5"],  # --executor slurm: one job per task, afterok dependencies, requeue on USR1
+        "test": ["pytest>=7", "ray>=2.9", "submitit>=1.5"],
+    },
     entry_points={
         "console_scripts": [
             "semi_nnUNet_plan_and_preprocess=semi_nnunet.run.plan_and_preprocess_entrypoint:main",

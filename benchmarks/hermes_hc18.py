@@ -79,7 +79,7 @@ def main() -> None:
     from semi_nnunet.dataset_conversion.synthetic import set_nnunet_paths
     from semi_nnunet.demo_api import predict_and_evaluate
     from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
-    from semi_nnunet.run.train_api import train
+    from semi_nnunet.train_api import train
 
     paths = set_nnunet_paths(workdir)
     raws = {}

@@ -37,7 +37,8 @@ def compare_predictions(workdir: str, dataset_id: int, raw: str, trainer: str, d
     """Train 5 folds of ``trainer`` (once; reused), then time stock nnUNetv2_predict and semi_nnUNet_predict (logits
     and probability averaging) on ``raw``/imagesTs, alternating ``repeats`` times; returns the Markdown table."""
     from nnunetv2.utilities.file_path_utilities import get_output_folder
-    from semi_nnunet.run.train_api import ext_trainer_path, train
+    from semi_nnunet.trainers.lookup import ext_trainer_path
+    from semi_nnunet.train_api import train
     model = get_output_folder(dataset_id, trainer, "nnUNetPlans", "2d")
     todo = [f for f in range(5) if not os.path.isfile(join(model, f"fold_{f}", "checkpoint_final.pth"))]
     if todo:

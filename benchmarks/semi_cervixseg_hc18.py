@@ -37,7 +37,8 @@ def main() -> None:
     from semi_nnunet.dataset_conversion.synthetic import set_nnunet_paths
     from semi_nnunet.demo_api import predict_and_evaluate
     from semi_nnunet.planners.plan_and_preprocess_api import get_unlabeled_folder, plan_and_preprocess
-    from semi_nnunet.run.train_api import ext_trainer_path, train
+    from semi_nnunet.trainers.lookup import ext_trainer_path
+    from semi_nnunet.train_api import train
     from semi_nnunet.stages.pseudo_labels import predict_pseudo_labels
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 

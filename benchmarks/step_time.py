@@ -23,7 +23,7 @@ from batchgenerators.utilities.file_and_folder_operations import join, load_json
 
 def make_trainer(name: str, dataset_name: str, configuration: str, device: str):
     from nnunetv2.paths import nnUNet_preprocessed
-    from semi_nnunet.run.train_api import find_trainer_class
+    from semi_nnunet.trainers.lookup import find_trainer_class
     pre = join(str(nnUNet_preprocessed), dataset_name)
     plans = {**load_json(join(pre, "nnUNetPlans.json")), "continue_training": False}
     trainer = find_trainer_class(name)(plans, configuration, 0, load_json(join(pre, "dataset.json")),

@@ -39,7 +39,7 @@ def predict_and_evaluate(model_folder: str, images: str, labels: str, output: st
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from semi_nnunet.run.train_api import register_with_nnunet
+    from semi_nnunet.trainers.lookup import register_with_nnunet
     register_with_nnunet()  # nnU-Net's predictor finds the trainer class by name
     predictor = nnUNetPredictor(device=torch.device(device), perform_everything_on_device=device != "cpu",
                                 allow_tqdm=True)
@@ -82,7 +82,7 @@ def run_demo(workdir: str = "semi_nnunet_demo", trainers: Sequence[str] = DEFAUL
     paths = set_nnunet_paths(workdir)
     os.environ.setdefault("nnUNet_n_proc_DA", str(num_processes))
     from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
-    from semi_nnunet.run.train_api import train
+    from semi_nnunet.train_api import train
 
     start = time.time()
     print(f"[1/4] Converting the bundled HC18 subset into {paths['nnUNet_raw']}")

@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("nnUNet_def_n_proc", "1")
 
 import pytest
+from slurm_fixture import slurm_cluster  # noqa: F401,E402 (a real single-node Slurm, started on demand)
 
 
 def pytest_configure(config):

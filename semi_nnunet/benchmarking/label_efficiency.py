@@ -40,42 +40,23 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, maybe_mkdir_p
 
 from semi_nnunet.utilities.errors import InputError
+from semi_nnunet.utilities.nnunet_folders import nnunet_paths
+from semi_nnunet.tasks.executors import ExecutorOptions, run_graph
+from semi_nnunet.tasks.graph import Graph, Task
 
 BASELINE = "nnUNetTrainer"
 DEFAULT_TRAINERS = ("MeanTeacherTrainer", "SemiCervixTrainer", "HermesTrainer")
-NNUNET_PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 ALL = "all"
 
 
 class BenchmarkError(InputError):
     """Bad input to the benchmark. The message names the file or argument and the fix."""
-
-
-@contextlib.contextmanager
-def nnunet_paths(root: str, results: Optional[str] = None) -> Iterator[Dict[str, str]]:
-    """nnU-Net's three folders inside ``root`` (``nnUNet_results`` at ``results`` when given) for the duration
-    (nnU-Net reads them lazily from the environment)."""
-    old = {k: os.environ.get(k) for k in NNUNET_PATH_VARIABLES}
-    paths = {k: join(root, k) for k in NNUNET_PATH_VARIABLES}
-    if results is not None:
-        paths["nnUNet_results"] = results
-    try:
-        for k, v in paths.items():
-            maybe_mkdir_p(v)
-            os.environ[k] = v
-        yield paths
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def source_dataset(dataset) -> str:
@@ -145,7 +126,7 @@ def trainer_names(trainers: Sequence[str], baseline: str, epochs: Optional[int],
                   hco: bool, dims: int = 2) -> List[str]:
     """The names to train: the baseline, then each trainer (and its ``_HCO`` variant), with the budget applied.
     Every name is resolved now, so a typo or a 2D-only method on a 3D configuration fails before anything trains."""
-    from semi_nnunet.run.train_api import find_trainer_class
+    from semi_nnunet.trainers.lookup import find_trainer_class
     budget = "" if not epochs else f"_{epochs}epochs_{iterations}it"
     names = [baseline + budget]
     for t in trainers:
@@ -290,7 +271,7 @@ def plan_grid(source: str, configuration: str, labeled: Sequence[str], names: Se
               num_processes: int) -> Grid:
     """The subsets and the jobs, in the order the local run takes them: seed by seed, so the first seed of every
     method is reported before the second starts; within a seed, subset by subset (the baseline first)."""
-    from semi_nnunet.run.train_api import find_trainer_class
+    from semi_nnunet.trainers.lookup import find_trainer_class
     from semi_nnunet.utilities.raw_dataset import check_semi_dataset
     n_labeled = len(check_semi_dataset(source, read_headers=False).labeled)
     numbers = [int(x) for x in labeled if x != ALL]
@@ -321,7 +302,7 @@ def plan_grid(source: str, configuration: str, labeled: Sequence[str], names: Se
 def prepare_subset(subset: Subset, num_processes: int = 2) -> str:
     """Write, plan and preprocess the subset (reused when done). Returns its raw folder."""
     from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
-    from semi_nnunet.utilities.file_ops import claim
+    from semi_nnunet.tasks.locks import claim
     maybe_mkdir_p(subset.root)
     with claim(join(subset.root, "prepare.lock"), wait=5), nnunet_paths(subset.root) as paths:
         raw = make_subset(subset.source, paths["nnUNet_raw"], subset.dataset_id, subset.n, subset.subset_seed)
@@ -368,7 +349,8 @@ def _evaluate_member(job: Job, member, prediction_folder: str, raw: str) -> dict
 def run_job(job: Job) -> dict:
     """Train (or continue), predict, evaluate one job and write its result file; reuse it when it exists."""
     from semi_nnunet.inference.models import member_from_names
-    from semi_nnunet.run.train_api import find_trainer_class, train
+    from semi_nnunet.trainers.lookup import find_trainer_class
+    from semi_nnunet.train_api import train
     from semi_nnunet.trainers.schedule import snapshot_name
     from semi_nnunet.utilities.file_ops import save_json_atomic
     from semi_nnunet.utilities.provenance import code_version
@@ -430,30 +412,46 @@ def load_results(grid: Grid) -> List[dict]:
     return [load_json(f) for f in found]
 
 
+def run_job_once(job: Job) -> Optional[dict]:
+    """Task: run ``job`` unless another live worker holds its lock (then skip it; None)."""
+    from semi_nnunet.tasks.locks import claim
+    with claim(job.lock_file) as mine:
+        if not mine:
+            print(f"{job.describe()}: another worker runs it, skipped")
+            return None
+        return run_job(job)
+
+
+def grid_graph(grid: Grid, run: str = "semi_nnunet.benchmarking.label_efficiency:run_job_once") -> Graph:
+    """The grid as tasks: each subset's preparation, then every job of the subset (independent of each other; one
+    GPU each on CUDA), in the grid's order (seed by seed)."""
+    graph = Graph("benchmark jobs")
+    num_processes = grid.jobs[0].num_processes if grid.jobs else 2
+    for subset in grid.subsets:
+        graph.add(Task(f"prepare/n{subset.label}", "semi_nnunet.benchmarking.label_efficiency:prepare_subset",
+                       dict(subset=subset, num_processes=num_processes), cost=0.01,
+                       label=f"prepare the subset n={subset.label}"))
+    for job in grid.jobs:
+        graph.add(Task(f"job/n{job.subset.label}/seed{job.train_seed}/{job.trainer}", run, dict(job=job),
+                       deps=[f"prepare/n{job.subset.label}"], outputs=[job.result_file],
+                       gpus=1 if job.device == "cuda" else 0, label=job.describe()))
+    return graph
+
+
 def run_grid(grid: Grid, on_progress: Optional[Callable[[Grid], None]] = None,
-             run: Callable[[Job], dict] = run_job) -> List[dict]:
-    """The local executor: prepare every subset, then run the jobs one after the other (``on_progress`` after each
-    one, e.g. to rewrite the report). A job's result on disk means done, so a rerun continues where it stopped.
+             run: str = "semi_nnunet.benchmarking.label_efficiency:run_job_once",
+             executor: Optional[ExecutorOptions] = None) -> List[dict]:
+    """Run the grid's jobs that are not done with ``executor`` (default: here, one after the other; ``on_progress``
+    after each one, e.g. to rewrite the report). A job's result on disk means done, so a rerun continues where it
+    stopped.
 
     Several workers may run the same grid at once (the same command started once per core or per machine sharing
     the folder): a worker holds a job's lock file (``jobs/<trainer>.lock``) while it runs it and skips jobs another
     live worker holds; a subset is prepared by one worker while the others wait."""
-    from tqdm import tqdm
-    from semi_nnunet.utilities.file_ops import claim
-    for subset in grid.subsets:
-        prepare_subset(subset, grid.jobs[0].num_processes if grid.jobs else 2)
-    todo = [j for j in grid.jobs if not j.done()]
+    graph = grid_graph(grid, run)
     if on_progress is not None:
         on_progress(grid)
-    for job in tqdm(todo, desc="benchmark jobs", unit="job", disable=not todo):
-        with claim(job.lock_file) as mine:
-            if not mine or job.done():
-                if not mine:
-                    print(f"{job.describe()}: another worker runs it, skipped")
-                continue
-            run(job)
-        if on_progress is not None:
-            on_progress(grid)
+    run_graph(graph, executor, on_done=None if on_progress is None else lambda task: on_progress(grid))
     return load_results(grid)
 
 
@@ -462,9 +460,12 @@ def run_label_efficiency(dataset, configuration: str = "2d", num_labeled: Sequen
                          iterations: Optional[int] = None, hco: bool = True, stages: Optional[int] = None,
                          baseline: str = BASELINE, device: str = "cuda", workdir: str = "semi_nnunet_benchmark",
                          subset_dataset_id: int = 899, num_processes: int = 2, command: Optional[str] = None,
-                         repeats: int = 1, estimate_only: bool = False) -> dict:
+                         repeats: int = 1, estimate_only: bool = False, dry_run: bool = False,
+                         executor: Optional[ExecutorOptions] = None) -> dict:
     """Run the whole benchmark (see the module docstring); writes ``results.json``, ``results.md`` and the plots into
-    ``workdir`` and returns the results. ``estimate_only``: prepare the subsets, print the cost estimate, stop."""
+    ``workdir`` and returns the results. ``estimate_only``: prepare the subsets, print the cost estimate, stop.
+    ``dry_run``: print the task graph (what is done, what is to do) without preparing or running anything.
+    ``executor``: where the jobs run (default here, one after the other; Ray or Slurm: side by side)."""
     from semi_nnunet.benchmarking.report import aggregate, write_report
     from semi_nnunet.benchmarking.timing import estimate_grid, format_duration
     if repeats is None or repeats < 1:
@@ -474,16 +475,21 @@ def run_label_efficiency(dataset, configuration: str = "2d", num_labeled: Sequen
         raise BenchmarkError("A budget needs both epochs and iterations per epoch.",
                              f"--epochs {epochs} --iterations {iterations}",
                              "give both, e.g. --epochs 40 --iterations 50 (nnU-Net's default is 1000 x 250).")
+    from semi_nnunet.tasks.executors import check_options
+    check_options(executor or ExecutorOptions())
     labels = parse_labeled(num_labeled)
     source = source_dataset(dataset)  # every check before anything is trained
     dims = 2 if configuration.startswith("2d") else 3
     if trainers is None:  # the default methods that apply to this configuration
-        from semi_nnunet.run.train_api import find_trainer_class
+        from semi_nnunet.trainers.lookup import find_trainer_class
         trainers = [t for t in DEFAULT_TRAINERS if dims in getattr(find_trainer_class(t), "supported_dims", (2, 3))]
     names = trainer_names(trainers, baseline, epochs, iterations, hco, dims)
     workdir = os.path.abspath(workdir)
     grid = plan_grid(source, configuration, labels, names, repeats, seed, stages, device, workdir,
                      subset_dataset_id, num_processes)
+    if dry_run:
+        grid_graph(grid).print(f"Label-efficiency grid in {workdir}")
+        return {"jobs": [j.describe() for j in grid.jobs]}
     maybe_mkdir_p(workdir)
     grid.meta = {"source": source, "configuration": configuration, "subset_seed": seed,
                  "training_seeds": list(range(repeats)), "device": device,
@@ -503,7 +509,7 @@ def run_label_efficiency(dataset, configuration: str = "2d", num_labeled: Sequen
     def report(g: Grid) -> None:
         g.meta["wall_time_s_this_call"] = time.time() - start
         write_report(aggregate(g.meta, load_results(g)), workdir, quiet=True)
-    run_grid(grid, report)
+    run_grid(grid, report, executor=executor)
     results = aggregate(grid.meta, load_results(grid))
     write_report(results, workdir)
     return results

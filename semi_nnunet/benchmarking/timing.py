@@ -36,8 +36,9 @@ def time_iterations(job, warmup: int = 2, timed: int = 5) -> Tuple[float, float]
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    from semi_nnunet.benchmarking.label_efficiency import nnunet_paths
-    from semi_nnunet.run.train_api import register_with_nnunet, seed_everything
+    from semi_nnunet.utilities.nnunet_folders import nnunet_paths
+    from semi_nnunet.trainers.lookup import register_with_nnunet
+    from semi_nnunet.trainers.training import seed_everything
     scratch = tempfile.mkdtemp(prefix="semi_nnunet_timing_")
     try:
         with nnunet_paths(job.subset.root, results=scratch), open(os.devnull, "w") as null, \
@@ -72,7 +73,7 @@ def time_iterations(job, warmup: int = 2, timed: int = 5) -> Tuple[float, float]
 
 
 def _schedule(trainer: str) -> Tuple[int, int, int]:
-    from semi_nnunet.run.train_api import find_trainer_class
+    from semi_nnunet.trainers.lookup import find_trainer_class
     schedule = getattr(find_trainer_class(trainer), "schedule", {})
     return (int(schedule.get("num_epochs", 1000)), int(schedule.get("num_iterations_per_epoch", 250)),
             int(schedule.get("num_val_iterations_per_epoch", 50)))

@@ -23,7 +23,7 @@ CLASSES_CSV = "classes.csv"
 
 def load_classifiers(member: Member, device: torch.device) -> List:
     """One initialised trainer per fold of ``member`` when its trainer classifies; [] otherwise."""
-    from semi_nnunet.run.train_api import find_trainer_class
+    from semi_nnunet.trainers.lookup import find_trainer_class
     trainers = []
     for fold in member.folds:
         path = join(member.folder, f"fold_{fold}", member.checkpoint)

@@ -129,7 +129,7 @@ def check_checkpoints(folder: str, folds: Sequence[Fold], checkpoint_name: str) 
     """Every fold's checkpoint reads with the restricted unpickler (memory-mapped: the weights are not read), comes
     from one trainer and configuration, and was trained on the dataset of the folder's plans.json; nnU-Net's
     predictor (which unpickles in full) is only given checkpoints that pass."""
-    from semi_nnunet.run.train_api import TrainingError, find_trainer_class
+    from semi_nnunet.trainers.lookup import TrainingError, find_trainer_class
     from semi_nnunet.utilities.checkpoints import checkpoint_dataset, load_checkpoint_file
     plans = load_json(join(folder, "plans.json"))
     first = None

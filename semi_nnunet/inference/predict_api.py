@@ -44,7 +44,7 @@ def load_predictor(member: Member, device: torch.device, use_mirroring: bool = T
     """An ``nnUNetPredictor`` holding the member's network and the weights of each of its folds."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from semi_nnunet.run.train_api import register_with_nnunet
+    from semi_nnunet.trainers.lookup import register_with_nnunet
     register_with_nnunet()  # nnU-Net's predictor finds our trainer classes by name
     predictor = nnUNetPredictor(use_mirroring=use_mirroring, perform_everything_on_device=device.type == "cuda",
                                 device=device, allow_tqdm=False)
@@ -140,11 +140,17 @@ def _check_output_folder(output_folder: str, record: dict, overwrite: bool) -> N
 
 def predict(input_folder: str, output_folder: str, members: Sequence[Member], dataset=None,
             save_probabilities: bool = False, use_mirroring: bool = True, average: str = "probabilities",
-            device: str = "cuda", overwrite: bool = False, show_progress: bool = True) -> List[str]:
+            device: str = "cuda", overwrite: bool = False, show_progress: bool = True, num_parts: int = 1,
+            part_id: int = 0) -> List[str]:
     """Predict every case of ``input_folder`` with the ensemble of ``members`` into ``output_folder``.
-    Returns the cases predicted in this call (finished ones are skipped unless ``overwrite``)."""
+    Returns the cases predicted in this call (finished ones are skipped unless ``overwrite``).
+
+    ``num_parts``/``part_id`` as in ``nnUNetv2_predict``: this call predicts every ``num_parts``-th case (sorted by
+    name) from the ``part_id``-th, so N processes, GPUs or jobs share a large set; parts never touch each other's
+    files."""
     if average not in AVERAGES:
         raise PredictionError(f"Unknown averaging '{average}'.", "--average", f"use one of {AVERAGES}.")
+    check_part(num_parts, part_id)
     members = check_members(members, dataset)
     if os.path.abspath(input_folder) == os.path.abspath(output_folder):
         raise PredictionError("Input and output folder are the same.", output_folder,
@@ -164,7 +170,8 @@ def predict(input_folder: str, output_folder: str, members: Sequence[Member], da
         return isfile(join(output_folder, case + ending)) and (
             not save_probabilities or isfile(join(output_folder, case + ".npz"))) and (
             not classifiers or isfile(join(classes_folder, case + ".json")))
-    todo = [c for c in sorted(cases) if overwrite or not finished(c)]
+    mine = sorted(cases)[part_id::num_parts]
+    todo = [c for c in mine if overwrite or not finished(c)]
     os.makedirs(output_folder, exist_ok=True)
     save_json_atomic(record, join(output_folder, RECORD))
     for name in ("dataset.json", "plans.json"):  # as nnUNetv2_predict does: nnUNetv2_ensemble reads them
@@ -182,7 +189,7 @@ def predict(input_folder: str, output_folder: str, members: Sequence[Member], da
         else:
             groups[key] = _Group(predictor)
         member_group[id(m)] = list(groups).index(key)
-    staging = join(output_folder, STAGING)
+    staging = join(output_folder, STAGING + (f"_part{part_id}" if num_parts > 1 else ""))
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     weights = [len(g.predictors) / len(members) for g in groups.values()]
@@ -210,10 +217,34 @@ def predict(input_folder: str, output_folder: str, members: Sequence[Member], da
         for f in writing:
             f.result()
     shutil.rmtree(staging, ignore_errors=True)
-    if classifiers:
+    if classifiers and all(isfile(join(classes_folder, c + ".json")) for c in cases):  # the last part writes it
         rows = {c: load_json(join(classes_folder, c + ".json"))["probabilities"] for c in sorted(cases)}
         write_classes_csv(output_folder, rows, class_names(classifiers[0][1][0]))
     return todo
+
+
+def check_part(num_parts: int, part_id: int) -> None:
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise PredictionError(f"-part_id {part_id} of -num_parts {num_parts}: parts are numbered 0..num_parts-1.",
+                              "-num_parts / -part_id", "give -num_parts N (N >= 1) and -part_id 0..N-1.")
+
+
+def predict_parts(input_folder: str, output_folder: str, members: Sequence[Member], num_parts: int,
+                  executor=None, dataset=None, **options) -> None:
+    """Predict a large set as ``num_parts`` tasks (one GPU each on CUDA) run by ``executor`` (Ray, Slurm: side by
+    side; local: one after the other). ``options``: the other arguments of :func:`predict`."""
+    from semi_nnunet.tasks.executors import run_graph
+    from semi_nnunet.tasks.graph import Graph, Task
+    check_part(num_parts, 0)
+    members = check_members(members, dataset)  # bad models fail here, before any task starts
+    graph = Graph(f"prediction of {input_folder}")
+    gpus = 1 if options.get("device", "cuda") == "cuda" else 0
+    for i in range(num_parts):
+        graph.add(Task(f"predict/part{i}", "semi_nnunet.inference.predict_api:predict",
+                       dict(input_folder=input_folder, output_folder=output_folder, members=list(members),
+                            dataset=dataset, num_parts=num_parts, part_id=i, show_progress=False, **options),
+                       gpus=gpus, label=f"predict part {i} of {num_parts} -> {output_folder}"))
+    run_graph(graph, executor)
 
 
 def _export(case: str, groups: List[_Group], outputs: List[torch.Tensor], properties: List[dict],

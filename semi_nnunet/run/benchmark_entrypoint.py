@@ -3,6 +3,7 @@ import argparse
 import shlex
 import sys
 
+from semi_nnunet.run.executor_arguments import add_executor_arguments, executor_options
 from semi_nnunet.utilities.errors import InputError
 
 
@@ -42,15 +43,20 @@ def main(argv=None) -> None:
     parser.add_argument("--subset_id", type=int, default=899, help="dataset id of the subsets inside -o")
     parser.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"])
     parser.add_argument("-np", type=int, default=2, help="processes for preprocessing and evaluation")
+    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                        help="print the grid's tasks (done / to do) and run nothing")
+    add_executor_arguments(parser, "run this many jobs side by side (a local Ray instance with that many slots; "
+                                   "one GPU each with -device cuda)")
     args = parser.parse_args(argv)
 
     from semi_nnunet.benchmarking.label_efficiency import run_label_efficiency
-    from semi_nnunet.run.train_api import TrainingError
+    from semi_nnunet.trainers.lookup import TrainingError
     command = "semi_nnUNet_benchmark " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     try:
         run_label_efficiency(args.d, args.c, args.labeled, args.tr, args.seed, args.epochs, args.iterations,
                              not args.no_hco, args.stages, args.baseline, args.device, args.o, args.subset_id,
-                             args.np, command, repeats=args.repeats, estimate_only=args.estimate)
+                             args.np, command, repeats=args.repeats, estimate_only=args.estimate,
+                             dry_run=args.dry_run, executor=executor_options(args))
     except (InputError, TrainingError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(2)

@@ -3,6 +3,7 @@ import argparse
 import sys
 
 from semi_nnunet.inference.models import PredictionError
+from semi_nnunet.run.executor_arguments import add_executor_arguments, executor_options
 from semi_nnunet.utilities.errors import InputError
 
 
@@ -30,7 +31,8 @@ def main(argv=None) -> None:
     parser.add_argument("--spec", default=None,
                         help='JSON list of members: [{"model": DIR, "folds": [0, 1]}, {"dataset": 1, '
                              '"configuration": "2d", "trainer": "T", "stage": 2}, ...]')
-    parser.add_argument("--chk", default="checkpoint_final.pth", help="checkpoint name (default checkpoint_final.pth)")
+    parser.add_argument("-chk", "--chk", dest="chk", default="checkpoint_final.pth",
+                        help="checkpoint name (default checkpoint_final.pth)")
     parser.add_argument("--save_probabilities", action="store_true", help="also write CASE.npz (+ .pkl) like nnU-Net")
     parser.add_argument("--disable_tta", action="store_true", help="no mirroring test-time augmentation (faster)")
     parser.add_argument("--average", default="probabilities", choices=["probabilities", "logits"],
@@ -39,10 +41,17 @@ def main(argv=None) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="redo finished cases / replace another ensemble's output")
     parser.add_argument("-device", default="cuda", choices=["cpu", "cuda", "mps"], help="default: cuda")
+    parser.add_argument("-num_parts", "--num_parts", "--num-parts", dest="num_parts", type=int, default=1,
+                        help="split the cases into this many parts (as nnUNetv2_predict); with -part_id this call "
+                             "predicts one part, without it (and --executor ray or slurm) every part is a task")
+    parser.add_argument("-part_id", "--part_id", "--part-id", dest="part_id", type=int, default=None,
+                        help="the part this call predicts (0..num_parts-1)")
+    add_executor_arguments(parser, "predict this many parts side by side (a local Ray instance; one GPU each with "
+                                   "-device cuda); sets -num_parts when it is not given")
     args = parser.parse_args(argv)
 
     from semi_nnunet.inference.models import Member, member_from_names, members_from_spec
-    from semi_nnunet.inference.predict_api import predict
+    from semi_nnunet.inference.predict_api import predict, predict_parts
     try:
         folds = [int(f) if f.isdigit() else f for f in args.f] if args.f else []
         members = []
@@ -58,8 +67,20 @@ def main(argv=None) -> None:
                         for c in args.c for t in args.tr]
         if not members:
             raise PredictionError("No model given.", "arguments", "give -d/-c/-tr, -m MODEL_DIR or --spec FILE.")
+        executor = executor_options(args)
+        num_parts = max(args.num_parts, args.parallel) if args.num_parts == 1 else args.num_parts
+        if args.part_id is None and (executor.engine != "local" or num_parts > 1):
+            predict_parts(args.i, args.o, members, num_parts, executor, args.d,
+                          save_probabilities=args.save_probabilities, use_mirroring=not args.disable_tta,
+                          average=args.average, device=args.device, overwrite=args.overwrite)
+            print(f"Predicted {num_parts} part(s) into {args.o}")
+            return
+        if executor.engine != "local":
+            raise PredictionError("-part_id predicts one part here; --executor would run every part.",
+                                  "-part_id / --executor", "drop -part_id to predict all parts with the executor, or "
+                                                           "drop --executor.")
         done = predict(args.i, args.o, members, args.d, args.save_probabilities, not args.disable_tta, args.average,
-                       args.device, args.overwrite)
+                       args.device, args.overwrite, num_parts=num_parts, part_id=args.part_id or 0)
     except InputError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(2)

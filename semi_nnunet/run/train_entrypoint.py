@@ -1,7 +1,8 @@
-"""semi_nnUNet_train: argument parsing only; the work is in semi_nnunet.run.train_api."""
+"""semi_nnUNet_train: argument parsing only; the work is in semi_nnunet.train_api."""
 import argparse
 import sys
 
+from semi_nnunet.run.executor_arguments import add_executor_arguments
 from semi_nnunet.utilities.errors import InputError
 
 
@@ -28,10 +29,8 @@ def main(argv=None) -> None:
     parser.add_argument("--stages", type=int, default=None,
                         help="staged trainers (e.g. SemiCervixTrainer): number of pseudo-label stages after the "
                              "initial one (default: the trainer's, 4 for SemiCervixTrainer; 0: initial stage only)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="staged trainers: print the plan (done / to do per stage and fold) and run nothing")
-    parser.add_argument("--parallel", type=int, default=1,
-                        help="staged trainers: train the folds of a stage in this many processes (one GPU each)")
+    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                        help="print the task graph (done / to do per stage and fold) and run nothing")
     parser.add_argument("--stop-agreement", type=float, default=None,
                         help="staged trainers: stop once a stage's pseudo-labels agree with the previous stage's "
                              "(mean foreground Dice) at least this much, e.g. 0.98")
@@ -42,9 +41,13 @@ def main(argv=None) -> None:
                         help="seed Python, numpy and torch before each fold's trainer is built; with "
                              "nnUNet_n_proc_DA=0 on one device two runs give the same weights "
                              "(documentation/reliability.md)")
+    add_executor_arguments(parser, "train this many folds side by side (a local Ray instance with that many "
+                                   "slots; one GPU each with -device cuda, from CUDA_VISIBLE_DEVICES when set)")
     args = parser.parse_args(argv)
 
-    from semi_nnunet.run.train_api import train, with_optimizer
+    from semi_nnunet.train_api import train
+
+    from semi_nnunet.trainers.lookup import with_optimizer
     try:
         outputs = train(args.dataset, args.configuration, with_optimizer(args.trainer, args.optimizer),
                         args.folds or None, args.p, args.device,
@@ -58,7 +61,7 @@ def main(argv=None) -> None:
 
 def ext_path_main() -> None:
     """semi_nnUNet_ext_path: the folder for nnUNet_extTrainer (stock nnU-Net commands then find our trainers)."""
-    from semi_nnunet.run.train_api import ext_trainer_path
+    from semi_nnunet.trainers.lookup import ext_trainer_path
     print(ext_trainer_path())
 
 

@@ -6,15 +6,22 @@ saw its validation cases), then train stage k (``<Trainer>_stage<k>``) on the fo
 pseudo-labels. For fold ``all``, the pseudo-labels come from the ensemble of the previous stage's fold models (every
 numbered fold whose model exists; the ``all`` model only when none does, with a warning).
 
-Every step is skipped when its result exists (a final checkpoint, a complete pseudo-label folder), and an interrupted
+The pipeline is a task graph (:mod:`semi_nnunet.tasks`) with dependencies per fold: fold 2's stage 2 starts as soon
+as fold 2's stage-1 model exists, while fold 4's stage 1 may still train (with the ``ray`` or ``slurm`` executor; the
+``local`` one runs the tasks one after the other). Fold ``all``'s pseudo-labels wait for the numbered folds' previous
+stage. ``--stop-agreement`` adds one check per stage that waits for that stage's pseudo-labels of every fold.
+
+Every task is skipped when its result exists (a final checkpoint, a complete pseudo-label folder), and an interrupted
 training resumes from its latest checkpoint, so rerunning the same command continues the pipeline.
 """
-from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Union
+import os
+from typing import Dict, List, Optional, Sequence
 
-from batchgenerators.utilities.file_and_folder_operations import isfile, join
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
 
-Fold = Union[int, str]
+from semi_nnunet.tasks.graph import Graph, Task
+from semi_nnunet.tasks.executors import ExecutorOptions, run_graph
+from semi_nnunet.trainers.training import Fold, TrainRequest
 
 
 def _model_folder(dataset_name: str, trainer: str, plans: str, configuration: str) -> str:
@@ -37,184 +44,184 @@ def pseudo_label_source_folds(model_folder: str, fold: Fold, all_folds: Sequence
     return ["all"]
 
 
-@dataclass
-class Step:
-    """One unit of the staged pipeline: ``train`` a trainer on a fold, or make ``pseudo`` labels for a fold."""
-    kind: str  # "train" or "pseudo"
-    trainer: str
-    fold: Fold
-    stage: int
-    source_folds: List[Fold] = field(default_factory=list)  # pseudo: folds of the previous stage's model
-    model_folder: str = ""  # train: the model's folder; pseudo: the labelling model's folder
-    output: str = ""  # pseudo: the pseudo-label folder
-
-    def describe(self, done: bool) -> str:
-        state = "done" if done else "to do"
-        if self.kind == "train":
-            return f"[{state}] stage {self.stage}: train {self.trainer} fold {self.fold}"
-        return (f"[{state}] stage {self.stage}: pseudo-labels for fold {self.fold} from {self.trainer} "
-                f"fold(s) {', '.join(map(str, self.source_folds))} -> {self.output}")
+def stage_trainer_name(trainer: str, stage: int) -> str:
+    return trainer if stage == 0 else f"{trainer}_stage{stage}"
 
 
-def plan_stages(dataset_name: str, configuration: str, trainer: str, folds: Sequence[Fold], stages: int,
-                plans_identifier: str = "nnUNetPlans") -> List[Step]:
-    """The steps of the pipeline in order: stage 0 for every fold, then per stage the pseudo-labels of every fold,
-    then the trainings of every fold. Numbered folds come before ``all``, whose pseudo-labels need the numbered
-    models."""
-    from semi_nnunet.run.train_api import find_trainer_class
-    from semi_nnunet.trainers.pseudo_label import pseudo_label_folder
-    ordered = sorted(folds, key=lambda f: (f == "all", str(f)))
-    steps = [Step("train", trainer, f, 0, model_folder=_model_folder(dataset_name, trainer, plans_identifier,
-                                                                        configuration)) for f in ordered]
-    previous = trainer
-    for k in range(1, stages + 1):
-        current = f"{trainer}_stage{k}"
-        find_trainer_class(current)
-        prev_folder = _model_folder(dataset_name, previous, plans_identifier, configuration)
-        numbered = [g for g in folds if g != "all"]
-        steps += [Step("pseudo", previous, f, k, [f] if f != "all" else numbered or ["all"], prev_folder,
-                       pseudo_label_folder(dataset_name, trainer, plans_identifier, configuration, k, f))
-                  for f in ordered]
-        steps += [Step("train", current, f, k,
-                       model_folder=_model_folder(dataset_name, current, plans_identifier, configuration))
-                  for f in ordered]
-        previous = current
-    return steps
+def _keys(fold: Fold, stage: int) -> Dict[str, str]:
+    return {"train": f"train/stage{stage}/fold_{fold}", "pseudo": f"pseudo/stage{stage}/fold_{fold}",
+            "agreement": f"agreement/stage{stage}"}
 
 
-def step_done(step: Step, unlabeled_cases: Sequence[str]) -> bool:
-    from semi_nnunet.stages.pseudo_labels import is_complete
-    if step.kind == "train":
-        return _is_trained(step.model_folder, step.fold)
-    return is_complete(step.output, unlabeled_cases)
+def _stop_file(initial_folder: str, stage: int) -> str:
+    return join(initial_folder, "pseudo_labels", f"stage_{stage}", "stop_decision.json")
 
 
-def _pretrained(step: Step, previous_model: Optional[str]) -> Optional[str]:
-    """Fine-tuning: stage k starts from the same fold's final stage k-1 checkpoint."""
-    return join(previous_model, f"fold_{step.fold}", "checkpoint_final.pth") if previous_model else None
+def stopped_at(request: TrainRequest, initial_folder: str, stage: int) -> Optional[int]:
+    """With ``--stop-agreement``: the first stage <= ``stage`` whose agreement check decided to stop, else None."""
+    if request.stop_agreement is None:
+        return None
+    for k in range(2, stage + 1):
+        f = _stop_file(initial_folder, k)
+        if isfile(f) and load_json(f).get("stop"):
+            return k
+    return None
 
 
-def device_slots(parallel: int, device: str, environ=None) -> List[Optional[str]]:
-    """What each of ``parallel`` training processes gets as ``CUDA_VISIBLE_DEVICES``: on CUDA one GPU each, taken
-    from the GPUs the user or the scheduler listed in ``CUDA_VISIBLE_DEVICES`` (never overwritten with others), else
-    GPUs 0..parallel-1; None (the environment as it is) off CUDA. More processes than listed GPUs is an error."""
-    if device != "cuda":
-        return [None] * parallel
-    import os
-    visible = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
-    if visible is None or not visible.strip():
-        return [str(i) for i in range(parallel)]
-    ids = [d.strip() for d in visible.split(",") if d.strip()]
-    if parallel > len(ids):
-        from semi_nnunet.utilities.errors import InputError
-        raise InputError(f"--parallel {parallel} trains one fold per GPU, but CUDA_VISIBLE_DEVICES={visible} lists "
-                         f"{len(ids)} GPU(s).", "--parallel / CUDA_VISIBLE_DEVICES",
-                         f"use --parallel {len(ids)} or list more GPUs.")
-    return ids[:parallel]
+def train_stage_fold(request: TrainRequest, fold: Fold, stage: int, initial_folder: str,
+                     pretrained_weights: Optional[str] = None) -> Optional[str]:
+    """Task: train stage ``stage`` of ``fold`` (nothing when ``--stop-agreement`` stopped the pipeline before it)."""
+    from semi_nnunet.trainers.training import train_fold
+    if stopped_at(request, initial_folder, stage) is not None:
+        return None
+    if pretrained_weights and not isfile(pretrained_weights):
+        pretrained_weights = None
+    return train_fold(request, fold, stage_trainer_name(request.trainer, stage), pretrained_weights)
 
 
-def _train_in_subprocesses(steps: List[Step], dataset_name: str, configuration: str, plans_identifier: str,
-                           device: str, parallel: int, previous_model: Optional[str] = None,
-                           seed: Optional[int] = None) -> None:
-    """Train ``steps`` (one stage, different folds) in up to ``parallel`` processes (one GPU each on CUDA)."""
-    import os
-    import queue
-    import subprocess
-    import sys
-    from concurrent.futures import ThreadPoolExecutor
-    slots = queue.Queue()
-    for slot in device_slots(parallel, device):
-        slots.put(slot)
-
-    def run(step: Step) -> None:
-        slot = slots.get()
-        try:
-            env = dict(os.environ)
-            if slot is not None:
-                env["CUDA_VISIBLE_DEVICES"] = slot
-            latest = isfile(join(step.model_folder, f"fold_{step.fold}", "checkpoint_latest.pth"))
-            cmd = [sys.executable, "-m", "semi_nnunet.run.train_entrypoint", dataset_name, configuration,
-                   step.trainer, str(step.fold), "-p", plans_identifier, "-device", device, "--stages", "0"]
-            pretrained = _pretrained(step, previous_model)
-            extra = ["--c"] if latest else (["-pretrained_weights", pretrained] if pretrained else [])
-            extra += ["--seed", str(seed)] if seed is not None else []
-            subprocess.run(cmd + extra, env=env, check=True)
-        finally:
-            slots.put(slot)
-
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        for future in [pool.submit(run, step) for step in steps]:
-            future.result()  # re-raise a failed fold
-
-
-def run_stages(dataset, configuration: str, trainer: str, folds: Optional[Sequence[Fold]] = None,
-               stages: Optional[int] = None, plans_identifier: str = "nnUNetPlans", device: str = "cuda",
-               checkpoint_name: str = "checkpoint_final.pth", use_mirroring: bool = False, num_gpus: int = 1,
-               train_fn=None, dry_run: bool = False, parallel: int = 1,
-               stop_agreement: Optional[float] = None, finetune: bool = False,
-               seed: Optional[int] = None) -> List[str]:
-    """Run (or continue) the staged pipeline of ``trainer``; returns the final stage's model folders per fold.
-
-    ``dry_run`` prints the plan (what is done, what is to do) and runs nothing. ``parallel`` trains the folds of a
-    stage in that many processes (one GPU each with CUDA). ``stop_agreement`` stops early once the pseudo-labels of
-    a stage agree with the previous stage's (mean foreground Dice over cases and folds) at least that much.
-    ``seed``: passed to the trainings run in subprocesses (``train_fn`` binds its own)."""
-    from semi_nnunet.planners.plan_and_preprocess_api import find_dataset_name, get_unlabeled_folder
-    from semi_nnunet.run.train_api import find_trainer_class, folds_from_splits, train
+def make_pseudo_labels(request: TrainRequest, fold: Fold, stage: int, initial_folder: str, model_folder: str,
+                       all_folds: Sequence[Fold], unlabeled_folder: str, output: str) -> Optional[str]:
+    """Task: stage ``stage``'s pseudo-labels of ``fold`` from the previous stage's model of the same fold (fold
+    ``all``: the numbered folds' ensemble). Holds a lock beside the folder while it writes."""
     from semi_nnunet.stages.pseudo_labels import predict_pseudo_labels
-    from semi_nnunet.stages.report import label_agreement, write_stage_report
+    from semi_nnunet.tasks.locks import claim
+    from semi_nnunet.trainers.lookup import find_trainer_class
     from semi_nnunet.trainers.unlabeled_data import unlabeled_identifiers
-    train_fn = train_fn or train
-    dataset_name = find_dataset_name(dataset)
-    stages = find_trainer_class(trainer).num_stages if stages is None else stages
-    folds = list(folds) if folds else folds_from_splits(dataset_name)
-    unlabeled = get_unlabeled_folder(dataset_name, plans_identifier, configuration)
-    cases = unlabeled_identifiers(unlabeled)
-    steps = plan_stages(dataset_name, configuration, trainer, folds, stages, plans_identifier)
-    if parallel > 1:
-        device_slots(parallel, device)  # too few listed GPUs fails here, before anything trains
-    if dry_run:
-        print(f"Staged pipeline of {trainer} on {dataset_name} {configuration}, folds {folds}, {stages} stage(s):")
-        for step in steps:
-            print("  " + step.describe(step_done(step, cases)))
-        return []
-    pseudo = {}
-    last_trained, completed = steps[0].model_folder, 0
+    if stopped_at(request, initial_folder, stage - 1) is not None:
+        return None
+    trainer_class = find_trainer_class(request.trainer)
+    with claim(output.rstrip(os.sep) + ".lock", wait=5):
+        source = pseudo_label_source_folds(model_folder, fold, all_folds)
+        return predict_pseudo_labels(model_folder, source, unlabeled_folder, output,
+                                     {"stage": stage, "fold": str(fold),
+                                      "trainer": stage_trainer_name(request.trainer, stage - 1)},
+                                     request.checkpoint_name, request.device, request.use_mirroring,
+                                     unlabeled_identifiers(unlabeled_folder),
+                                     save_maps=getattr(trainer_class, "pseudo_label_maps", False),
+                                     confidence_threshold=getattr(trainer_class, "pseudo_confidence_threshold", None))
+
+
+def check_agreement(request: TrainRequest, stage: int, initial_folder: str, previous: Dict[str, str],
+                    current: Dict[str, str]) -> bool:
+    """Task (``--stop-agreement``): do stage ``stage``'s pseudo-labels agree with the previous stage's (mean
+    foreground Dice over cases and folds) at least that much? Writes the decision the stage's trainings read."""
+    from semi_nnunet.stages.report import label_agreement
+    from semi_nnunet.utilities.file_ops import save_json_atomic
+    earlier = stopped_at(request, initial_folder, stage - 1)
+    if earlier is not None:
+        return True
+    agreement = [label_agreement(previous[f], current[f]) for f in current]
+    mean = sum(a for a in agreement if a is not None) / max(1, sum(a is not None for a in agreement))
+    stop = mean >= request.stop_agreement
+    if stop:
+        print(f"Stopping before stage {stage}: its pseudo-labels agree with stage {stage - 1}'s at {mean:.4f} "
+              f">= {request.stop_agreement} (--stop-agreement).")
+    save_json_atomic({"stage": stage, "agreement": mean, "threshold": request.stop_agreement, "stop": stop},
+                     _stop_file(initial_folder, stage))
+    return stop
+
+
+def completed_stages(model_folders: Sequence[str], folds: Sequence[Fold]) -> int:
+    """How many stages (from 0) have every fold trained."""
+    n = 0
+    for folder in model_folders:
+        if not all(_is_trained(folder, f) for f in folds):
+            break
+        n += 1
+    return n
+
+
+def write_report(initial_folder: str, model_folders: Sequence[str], folds: Sequence[Fold],
+                 pseudo: Dict[int, Dict[str, str]]) -> None:
+    """Task: the stage report (stages.json, stages.png) over the stages every fold completed."""
+    from semi_nnunet.stages.report import write_stage_report
+    n = completed_stages(model_folders, folds)
+    if n:
+        write_stage_report(initial_folder, list(model_folders[:n]), folds, pseudo)
+
+
+def stage_graph(request: TrainRequest, dataset_name: str, folds: Sequence[Fold], stages: int,
+                unlabeled_folder: str) -> Graph:
+    """The staged pipeline as tasks. Train tasks need one GPU on CUDA (``num_gpus`` with DDP)."""
+    from semi_nnunet.trainers.lookup import find_trainer_class
+    from semi_nnunet.trainers.pseudo_label import pseudo_label_folder
+    from semi_nnunet.trainers.training import TrainRequest  # noqa: F401 (the type of the tasks' request)
+    trainer, plans, configuration = request.trainer, request.plans_identifier, request.configuration
+    ordered = sorted(folds, key=lambda f: (f == "all", str(f)))
+    numbered = [f for f in ordered if f != "all"]
+    initial = _model_folder(dataset_name, trainer, plans, configuration)
+    request = request.but(stages=0, resume=True, folds=tuple(folds))
+    graph = Graph(f"{trainer} stages 0-{stages}")
+    models, pseudo = [], {}
+    gpus = request.gpus_per_task
     for k in range(stages + 1):
-        stage_steps = [s for s in steps if s.stage == k]
-        for step in (s for s in stage_steps if s.kind == "pseudo"):
-            pseudo.setdefault(k, {})[str(step.fold)] = step.output
-            if step_done(step, cases):
-                print(step.describe(True))
-                continue
-            source = pseudo_label_source_folds(step.model_folder, step.fold, folds)
-            predict_pseudo_labels(step.model_folder, source, unlabeled, step.output,
-                                  {"stage": k, "fold": str(step.fold), "trainer": step.trainer},
-                                  checkpoint_name, device, use_mirroring, cases,
-                                  save_maps=getattr(find_trainer_class(trainer), "pseudo_label_maps", False),
-                                  confidence_threshold=getattr(find_trainer_class(trainer),
-                                                               "pseudo_confidence_threshold", None))
-        if stop_agreement is not None and k >= 2:
-            agreement = [label_agreement(pseudo[k - 1][f], pseudo[k][f]) for f in pseudo[k]]
-            mean = sum(a for a in agreement if a is not None) / max(1, sum(a is not None for a in agreement))
-            if mean >= stop_agreement:
-                print(f"Stopping before stage {k}: its pseudo-labels agree with stage {k - 1}'s at {mean:.4f} "
-                      f">= {stop_agreement} (--stop-agreement).")
-                break
-        todo = [s for s in stage_steps if s.kind == "train" and not step_done(s, cases)]
-        previous_model = last_trained if finetune and k > 0 else None
-        for step in (s for s in stage_steps if s.kind == "train" and s not in todo):
-            print(step.describe(True))
-        if parallel > 1 and len(todo) > 1:
-            _train_in_subprocesses(todo, dataset_name, configuration, plans_identifier, device, parallel,
-                                   previous_model, seed)
-        else:
-            for step in todo:
-                latest = isfile(join(step.model_folder, f"fold_{step.fold}", "checkpoint_latest.pth"))
-                train_fn(dataset_name, configuration, step.trainer, [step.fold], plans_identifier, device,
-                         continue_training=latest, num_gpus=num_gpus,
-                         pretrained_weights=None if latest else _pretrained(step, previous_model))
-        last_trained, completed = stage_steps[-1].model_folder, k
-    models = [s.model_folder for s in steps if s.kind == "train" and s.fold == steps[0].fold]
-    write_stage_report(steps[0].model_folder, models[:completed + 1], folds, pseudo)
-    return [join(last_trained, f"fold_{f}") for f in folds]
+        name = stage_trainer_name(trainer, k)
+        if k:
+            find_trainer_class(name)
+        model = _model_folder(dataset_name, name, plans, configuration)
+        previous = models[-1] if models else None
+        if k:
+            pseudo[k] = {}
+            for f in ordered:
+                output = pseudo_label_folder(dataset_name, trainer, plans, configuration, k, f)
+                pseudo[k][str(f)] = output
+                sources = [f] if f != "all" else numbered or ["all"]
+                graph.add(Task(_keys(f, k)["pseudo"], "semi_nnunet.stages.runner:make_pseudo_labels",
+                               dict(request=request, fold=f, stage=k, initial_folder=initial, model_folder=previous,
+                                    all_folds=list(folds), unlabeled_folder=unlabeled_folder, output=output),
+                               deps=[_keys(g, k - 1)["train"] for g in sources],
+                               outputs=[join(output, "provenance.json")], gpus=min(gpus, 1), cost=0.2,
+                               label=f"stage {k}: pseudo-labels for fold {f} from "
+                                     f"{stage_trainer_name(trainer, k - 1)} fold(s) {', '.join(map(str, sources))} "
+                                     f"-> {output}"))
+            if request.stop_agreement is not None and k >= 2:
+                graph.add(Task(_keys("", k)["agreement"], "semi_nnunet.stages.runner:check_agreement",
+                               dict(request=request, stage=k, initial_folder=initial, previous=pseudo[k - 1],
+                                    current=pseudo[k]),
+                               deps=[_keys(f, k)["pseudo"] for f in ordered], cost=0.01,
+                               label=f"stage {k}: agreement of its pseudo-labels with stage {k - 1}'s"))
+        for f in ordered:
+            deps = [_keys(f, k)["pseudo"]] if k else []
+            if k and request.stop_agreement is not None and k >= 2:
+                deps.append(_keys("", k)["agreement"])
+            pretrained = join(previous, f"fold_{f}", "checkpoint_final.pth") if request.finetune and k else None
+            graph.add(Task(_keys(f, k)["train"], "semi_nnunet.stages.runner:train_stage_fold",
+                           dict(request=request, fold=f, stage=k, initial_folder=initial,
+                                pretrained_weights=pretrained),
+                           deps=deps, outputs=[join(model, f"fold_{f}", "checkpoint_final.pth")], gpus=gpus,
+                           label=f"stage {k}: train {name} fold {f}"))
+        models.append(model)
+    graph.add(Task("report", "semi_nnunet.stages.runner:write_report",
+                   dict(initial_folder=initial, model_folders=models, folds=list(folds), pseudo=pseudo),
+                   deps=[_keys(f, k)["train"] for k in range(stages + 1) for f in ordered], cpus=1, cost=0.01,
+                   label=f"the stage report ({join(initial, 'stages.json')})"))
+    graph.models = models
+    return graph
+
+
+def run_stages(request: TrainRequest, executor: Optional[ExecutorOptions] = None,
+               dry_run: bool = False) -> List[str]:
+    """Run (or continue) the staged pipeline of ``request.trainer``; returns the last completed stage's fold folders.
+
+    ``dry_run`` prints the graph (what is done, what is to do) and runs nothing. ``request.stop_agreement`` stops
+    early once the pseudo-labels of a stage agree with the previous stage's at least that much; ``request.finetune``
+    starts each stage from the same fold's previous-stage model."""
+    from semi_nnunet.planners.plan_and_preprocess_api import find_dataset_name, get_unlabeled_folder
+    from semi_nnunet.trainers.lookup import find_trainer_class
+    from semi_nnunet.trainers.training import folds_from_splits
+    dataset_name = find_dataset_name(request.dataset)
+    stages = find_trainer_class(request.trainer).num_stages if request.stages is None else request.stages
+    folds = list(request.folds) if request.folds else folds_from_splits(dataset_name)
+    unlabeled = get_unlabeled_folder(dataset_name, request.plans_identifier, request.configuration)
+    graph = stage_graph(request, dataset_name, folds, stages, unlabeled)
+    if dry_run:
+        graph.print(f"Staged pipeline of {request.trainer} on {dataset_name} {request.configuration}, folds {folds}, "
+                    f"{stages} stage(s)")
+        return []
+    for task in graph:
+        if task.done():
+            print(f"[done] {task.describe()}")
+    run_graph(graph, executor)
+    n = completed_stages(graph.models, folds)
+    last = graph.models[max(n - 1, 0)]
+    return [join(last, f"fold_{f}") for f in folds]

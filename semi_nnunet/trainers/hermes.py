@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
-from semi_nnunet.run.train_api import TrainingError
+from semi_nnunet.trainers.lookup import TrainingError
 from semi_nnunet.trainers.base import SemiSupervisedTrainer
 from semi_nnunet.trainers.hermes_losses import (
     MemoryBank,

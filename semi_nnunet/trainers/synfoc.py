@@ -47,7 +47,7 @@ from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from semi_nnunet.networks.sam import (SAM_CONFIGS, SAMCheckpointError, build_sam_student, ema_update_trainable_,
                                       frozen_encoder_names, make_sam_teacher, resolve_checkpoint, to_sam_input)
 from semi_nnunet.optim.grouped import GroupedPolyLR, grouped_optimizer
-from semi_nnunet.run.train_api import TrainingError
+from semi_nnunet.trainers.lookup import TrainingError
 from semi_nnunet.trainers.base import SemiSupervisedTrainer
 from semi_nnunet.trainers.optimizers import build_optimizer
 from semi_nnunet.trainers.pseudo_label_losses import confident_labels, cutmix_boxes, masked_ce, soft_dice_loss

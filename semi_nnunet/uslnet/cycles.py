@@ -354,7 +354,7 @@ def run_uslnet(dataset, configuration: str = "2d", trainer: str = "USLNetTrainer
                num_processes: int = 2, log: Callable[[str], None] = print) -> dict:
     """Run (or continue) the whole USL-Net pipeline; returns the report (``{"cycles": [...], ...}``)."""
     from semi_nnunet.planners.plan_and_preprocess_api import find_dataset_name
-    from semi_nnunet.run.train_api import find_trainer_class
+    from semi_nnunet.trainers.lookup import find_trainer_class
     from semi_nnunet.trainers.uslnet import USLNetError, USLNetTrainer, check_2d
     dataset_name = find_dataset_name(dataset)
     trainer_class = find_trainer_class(trainer) if isinstance(trainer, str) else trainer

@@ -8,7 +8,6 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from contextlib import suppress as contextlib_suppress
 from typing import Any, Iterator
 
 
@@ -57,53 +56,3 @@ def is_same_copy(source: str, target: str) -> bool:
         return False
     s, t = os.stat(source), os.stat(target)
     return s.st_size == t.st_size and int(s.st_mtime) == int(t.st_mtime)
-
-
-def _lock_holder_alive(lock: str) -> bool:
-    """True when the lock file names a process of this host that still runs (a lock left by a killed run is stale)."""
-    import socket
-    try:
-        with open(lock, encoding="utf-8") as f:
-            host, pid = f.read().strip().rsplit(":", 1)
-        if host != socket.gethostname():
-            return True  # another machine's process: cannot tell, so respect it
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (OSError, ValueError):
-        return False  # unreadable or half-written: treat as stale
-    return True
-
-
-@contextmanager
-def claim(lock: str, wait: float = 0) -> Iterator[bool]:
-    """Hold ``lock`` (a file naming ``host:pid``) for the block; yields False when a live process holds it.
-
-    So several workers started on one grid of tasks share it: each task is taken by one of them (``wait=0``: skip it
-    when taken), or a shared preparation step runs once while the others wait (``wait`` > 0: poll every ``wait``
-    seconds until the holder is done). A lock whose process died (a killed run) is taken over."""
-    import socket
-    import time
-    os.makedirs(os.path.dirname(os.path.abspath(lock)), exist_ok=True)
-    me = f"{socket.gethostname()}:{os.getpid()}"
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if not _lock_holder_alive(lock):
-                with contextlib_suppress(FileNotFoundError):
-                    os.remove(lock)
-                continue
-            if wait <= 0:
-                yield False
-                return
-            time.sleep(wait)
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(me)
-        break
-    try:
-        yield True
-    finally:
-        with contextlib_suppress(FileNotFoundError):
-            os.remove(lock)

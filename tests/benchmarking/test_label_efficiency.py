@@ -288,7 +288,28 @@ def test_two_workers_on_one_grid_run_each_job_once(tmp_path, monkeypatch):
         f.write(f"{socket.gethostname()}:{os.getppid()}")
     ran = []
     monkeypatch.setattr(le, "prepare_subset", lambda subset, num_processes=2: None)  # the fake run needs none
-    le.run_grid(grid, run=lambda job: ran.append(job.describe()))
+    monkeypatch.setattr(le, "run_job", lambda job: ran.append(job.describe()))
+    le.run_grid(grid)
     assert ran == [j.describe() for j in grid.jobs if j is not held]
     assert os.path.isfile(held.lock_file)  # still the other worker's
     assert not any(os.path.exists(j.lock_file) for j in grid.jobs if j is not held)
+
+
+@pytest.mark.slow  # two trainings, predictions and evaluations per engine, through Ray workers or Slurm jobs
+@pytest.mark.parametrize("engine", ["ray", "slurm"])
+def test_the_grid_runs_on_ray_and_on_slurm_and_matches_evaluate(engine, tmp_path, nnunet_paths, monkeypatch, capsys,
+                                                                request):
+    out, args = _synthetic_benchmark(nnunet_paths, monkeypatch, tmp_path, trainers=())
+    executor = ["--executor", engine]
+    if engine == "slurm":
+        cluster = request.getfixturevalue("slurm_cluster")
+        executor += ["--slurm-partition", cluster.partition, "--slurm-time", "20",
+                     "--slurm-folder", str(tmp_path / "slurm")]
+    benchmark_main(args + executor)
+    assert "2 jobs, 2 to run" in capsys.readouterr().out
+    results = load_json(join(out, "results.json"))
+    _assert_rows_are_evaluate(results, join(nnunet_paths["nnUNet_raw"], "Dataset955_Synthetic2D"), tmp_path)
+    before = _checkpoints(out)
+    assert len(before) == 2
+    benchmark_main(args + executor)  # done: nothing is submitted again
+    assert "2 jobs, 0 to run" in capsys.readouterr().out and _checkpoints(out) == before

@@ -16,7 +16,7 @@ from semi_nnunet.inference.models import Member, PredictionError
 from semi_nnunet.inference.predict_api import fold_average, load_predictor, predict
 from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
 from semi_nnunet.run.predict_entrypoint import main as predict_main
-from semi_nnunet.run.train_api import train
+from semi_nnunet.train_api import train
 
 TRAINER = "MeanTeacherTrainer_2epochs_2it"  # a semi-supervised trainer's results folder
 
@@ -109,6 +109,29 @@ def test_rerun_skips_finished_cases_and_refuses_another_ensemble(trained, tmp_pa
         predict(trained["images"], out, [Member(trained["model"], [0, 1])], device="cpu", show_progress=False)
     assert len(predict(trained["images"], out, [Member(trained["model"], [0, 1])], device="cpu", overwrite=True,
                        show_progress=False)) == 4
+
+
+def test_parts_split_the_cases_as_nnunet_and_together_equal_one_run(trained, tmp_path, capsys):
+    whole = str(tmp_path / "whole")
+    predict(trained["images"], whole, [Member(trained["model"], [0])], device="cpu", show_progress=False)
+    parts = str(tmp_path / "parts")
+    done = [predict(trained["images"], parts, [Member(trained["model"], [0])], device="cpu", show_progress=False,
+                    num_parts=3, part_id=i) for i in range(3)]
+    assert done == [["test000", "test003"], ["test001"], ["test002"]]  # sorted cases, every 3rd from part_id
+    from PIL import Image
+    for i in range(4):
+        assert np.array_equal(np.asarray(Image.open(join(whole, f"test{i:03d}.png"))),
+                              np.asarray(Image.open(join(parts, f"test{i:03d}.png"))))
+    assert not any(n.startswith(".") for n in os.listdir(parts))  # no staging folder of any part left
+    # every part as a task (local executor: one after the other), through the command
+    tasks = str(tmp_path / "tasks")
+    predict_main(["-i", trained["images"], "-o", tasks, "-m", trained["model"], "-f", "0", "-num_parts", "2",
+                  "-device", "cpu"])
+    assert "Predicted 2 part(s)" in capsys.readouterr().out
+    assert sorted(n for n in os.listdir(tasks) if n.endswith(".png")) == [f"test{i:03d}.png" for i in range(4)]
+    err = _run(["-i", trained["images"], "-o", str(tmp_path / "bad"), "-m", trained["model"], "-num_parts", "2",
+                "-part_id", "2", "-device", "cpu"], capsys)
+    assert "-part_id 2 of -num_parts 2" in err and "-part_id 0..N-1" in err
 
 
 KILL_SCRIPT = """
@@ -232,7 +255,7 @@ def test_members_with_different_plans_are_averaged_on_the_image_grid(trained, tm
 def test_nnunet_tools_work_on_our_results_folders(trained, tmp_path):
     """nnUNetv2_find_best_configuration, nnUNetv2_ensemble and nnUNetv2_apply_postprocessing on our folders; the
     file-based nnUNetv2_ensemble of two of our single-model predictions equals our in-memory ensemble."""
-    from semi_nnunet.run.train_api import ext_trainer_path
+    from semi_nnunet.trainers.lookup import ext_trainer_path
     env = {**os.environ, "nnUNet_extTrainer": ext_trainer_path()}
 
     def run(*args):

@@ -13,7 +13,7 @@ def rel(tmp_path_factory):
     (3 labeled, 2 unlabeled, 1 test case) preprocessed and fold 0 of ``TRAINER`` trained with ``--seed 0``."""
     from semi_nnunet.dataset_conversion.synthetic import make_synthetic_dataset
     from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
-    from semi_nnunet.run.train_api import train
+    from semi_nnunet.train_api import train
     with pytest.MonkeyPatch.context() as mp:
         root = tmp_path_factory.mktemp("reliability")
         paths = {}

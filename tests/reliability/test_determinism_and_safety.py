@@ -66,7 +66,7 @@ def test_nothing_that_matters_is_overwritten(rel, tmp_path):
     pseudo-labels live under nnUNet_results; a second plan_and_preprocess with another planner writes its own plans
     and leaves every earlier file byte-identical; other training settings are other results folders."""
     from semi_nnunet.planners.plan_and_preprocess_api import get_unlabeled_folder, plan_and_preprocess
-    from semi_nnunet.run.train_api import with_optimizer
+    from semi_nnunet.trainers.lookup import with_optimizer
     from semi_nnunet.stages.pseudo_labels import predict_pseudo_labels
     from semi_nnunet.trainers.pseudo_label import pseudo_label_folder
     from semi_nnunet.trainers.unlabeled_data import unlabeled_identifiers

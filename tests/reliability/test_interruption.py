@@ -54,7 +54,7 @@ if __name__ == "__main__":  # nnU-Net's spawned workers import this file too: th
         from semi_nnunet.run.plan_and_preprocess_entrypoint import main
     else:
         import torch
-        from semi_nnunet.run.train_api import find_trainer_class
+        from semi_nnunet.trainers.lookup import find_trainer_class
         from semi_nnunet.trainers.base import SemiSupervisedTrainer
         trainer = find_trainer_class(sys.argv[6])
         trainer.schedule = {**trainer.schedule, "save_every": 1}  # checkpoint_latest after every epoch

@@ -3,7 +3,8 @@ import pytest
 
 from semi_nnunet.dataset_conversion.synthetic import make_synthetic_dataset
 from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
-from semi_nnunet.run.train_api import TrainingError, ext_trainer_path, find_trainer_class, train
+from semi_nnunet.trainers.lookup import TrainingError, ext_trainer_path, find_trainer_class
+from semi_nnunet.train_api import train
 
 
 def test_finds_our_trainers_and_nnunets():

@@ -8,7 +8,7 @@ from batchgenerators.utilities.file_and_folder_operations import join, load_json
 
 from semi_nnunet.dataset_conversion.synthetic import make_synthetic_dataset
 from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
-from semi_nnunet.run.train_api import find_trainer_class
+from semi_nnunet.trainers.lookup import find_trainer_class
 from semi_nnunet.run.train_entrypoint import main as train_main
 
 TRAINER = "SelfTrainingTrainer_conf90_2epochs_2it"

@@ -81,7 +81,7 @@ def test_stage_without_pseudo_labels_says_how_to_make_them(nnunet_paths, monkeyp
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     make_synthetic_dataset(nnunet_paths["nnUNet_raw"], 992, dim=2, num_labeled=5, num_unlabeled=2)
     plan_and_preprocess(992, ["2d"], num_processes=1, show_progress=False)
-    from semi_nnunet.run.train_api import find_trainer_class
+    from semi_nnunet.trainers.lookup import find_trainer_class
     from semi_nnunet.trainers.base import NoUnlabeledDataError
     pre = join(nnunet_paths["nnUNet_preprocessed"], "Dataset992_Synthetic2D")
     trainer = find_trainer_class(f"{TRAINER}_stage2")(
@@ -169,12 +169,49 @@ def test_two_folds_killed_midway_then_resumed(nnunet_paths):
     (2, "cpu", "3,5", [None, None]),          # off CUDA the environment is left as it is
 ])
 def test_parallel_uses_the_listed_gpus(parallel, device, visible, slots):
-    from semi_nnunet.stages.runner import device_slots
+    from semi_nnunet.tasks.executors import device_slots
     environ = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
     assert device_slots(parallel, device, environ) == slots
 
 
 def test_parallel_with_more_folds_than_listed_gpus_fails_clearly():
-    from semi_nnunet.stages.runner import device_slots
+    from semi_nnunet.tasks.executors import device_slots
     with pytest.raises(ValueError, match=r"CUDA_VISIBLE_DEVICES=1,2 lists 2 GPU\(s\)(.|\n)*use --parallel 2"):
         device_slots(3, "cuda", {"CUDA_VISIBLE_DEVICES": "1,2"})
+
+
+def _ancestors(graph, key):
+    seen, todo = set(), list(graph[key].deps)
+    while todo:
+        k = todo.pop()
+        if k not in seen:
+            seen.add(k)
+            todo += graph[k].deps
+    return seen
+
+
+def test_the_pipeline_graph_has_dependencies_per_fold_not_a_barrier_per_stage(nnunet_paths):
+    from semi_nnunet.stages.runner import stage_graph
+    from semi_nnunet.trainers.training import TrainRequest
+    request = TrainRequest("Dataset990_X", "2d", TRAINER, device="cpu")
+    g = stage_graph(request, "Dataset990_X", [0, 1, "all"], 2, "/unlabeled")
+    assert g["pseudo/stage2/fold_1"].deps == ["train/stage1/fold_1"]
+    assert g["train/stage2/fold_1"].deps == ["pseudo/stage2/fold_1"]
+    assert not any("fold_0" in k for k in _ancestors(g, "train/stage2/fold_1"))  # fold 1 never waits for fold 0
+    assert g["pseudo/stage1/fold_all"].deps == ["train/stage0/fold_0", "train/stage0/fold_1"]  # the numbered folds
+    assert g["report"].deps == [f"train/stage{k}/fold_{f}" for k in range(3) for f in (0, 1, "all")]
+    assert g["train/stage1/fold_0"].outputs[0].endswith(f"{TRAINER}_stage1__nnUNetPlans__2d/fold_0/"
+                                                         "checkpoint_final.pth")
+    assert g["pseudo/stage1/fold_0"].label.startswith(f"stage 1: pseudo-labels for fold 0 from {TRAINER} fold(s) 0")
+    assert g["train/stage1/fold_0"].kwargs["pretrained_weights"] is None
+    # --stop-agreement: one check per stage from 2 on, waiting for that stage's pseudo-labels of every fold
+    g = stage_graph(request.but(stop_agreement=0.9, finetune=True), "Dataset990_X", [0, 1], 2, "/unlabeled")
+    assert g["agreement/stage2"].deps == ["pseudo/stage2/fold_0", "pseudo/stage2/fold_1"]
+    assert g["train/stage2/fold_0"].deps == ["pseudo/stage2/fold_0", "agreement/stage2"]
+    assert "agreement/stage1" not in g.tasks
+    # --finetune: stage k starts from the same fold's final stage k-1 model
+    assert g["train/stage2/fold_1"].kwargs["pretrained_weights"].endswith(
+        f"{TRAINER}_stage1__nnUNetPlans__2d/fold_1/checkpoint_final.pth")
+    cuda = stage_graph(request.but(device="cuda"), "Dataset990_X", [0], 1, "/unlabeled")
+    assert cuda["train/stage0/fold_0"].gpus == 1 and cuda["pseudo/stage1/fold_0"].gpus == 1
+    assert cuda["report"].gpus == 0

@@ -41,7 +41,7 @@ def main(spec_file: str) -> None:
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.run.run_training import maybe_load_checkpoint
 
-    from semi_nnunet.run.train_api import find_trainer_class, register_with_nnunet
+    from semi_nnunet.trainers.lookup import find_trainer_class, register_with_nnunet
 
     spec = load_json(spec_file)
     rank = int(os.environ["RANK"])

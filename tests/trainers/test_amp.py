@@ -17,7 +17,7 @@ from test_contract import random_batch
 
 from semi_nnunet.dataset_conversion.synthetic import make_synthetic_dataset
 from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
-from semi_nnunet.run.train_api import find_trainer_class
+from semi_nnunet.trainers.lookup import find_trainer_class
 from semi_nnunet.trainers.optimizers import HCOScaler
 
 INIT_SCALE, GROWTH = 1024.0, 2

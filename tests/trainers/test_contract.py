@@ -34,7 +34,7 @@ def contract_name(name: str) -> str:
 
 def contract_class(name: str) -> type:
     """The class the contract runs on: the trainer, or the variant it names (which may be generated, e.g. a stage)."""
-    from semi_nnunet.run.train_api import find_trainer_class
+    from semi_nnunet.trainers.lookup import find_trainer_class
     return find_trainer_class(contract_name(name))
 
 
@@ -105,7 +105,7 @@ def test_trainer_contract(planned, name):
 def test_hco_update_step_for_every_method(planned, name):
     """Every method runs with HCO by name (<Trainer>_HCO): the two-gradient step moves the student and keeps a
     fraction of the unlabeled coordinates."""
-    from semi_nnunet.run.train_api import find_trainer_class
+    from semi_nnunet.trainers.lookup import find_trainer_class
     from semi_nnunet.optim.hco import _TwoGradientOptimizer
     plans, dataset_json = planned
     cls = find_trainer_class(f"{contract_name(name)}_HCO")
@@ -148,7 +148,7 @@ def test_teacher_decay_and_ramp_follow_the_budget(planned, name, schedule, steps
 def test_step_size_control_and_update_norm(planned):
     """``<Trainer>_lrx<F>``: the base optimizer at F times its rate (HCO untouched); every trainer logs the norm of
     its weight update (measured every ``update_norm_every`` steps), which tells HCO's step from its base's."""
-    from semi_nnunet.run.train_api import find_trainer_class
+    from semi_nnunet.trainers.lookup import find_trainer_class
     plans, dataset_json = planned
     control = find_trainer_class("MeanTeacherTrainer_lrx2p2")
     assert control.lr_scale == 2.2 and control.optimizer_name is None

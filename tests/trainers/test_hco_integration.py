@@ -8,7 +8,7 @@ from batchgenerators.utilities.file_and_folder_operations import join, load_json
 from semi_nnunet.dataset_conversion.synthetic import make_synthetic_dataset
 from semi_nnunet.optim import HierarchicalCautiousAdamW, HierarchicalCautiousSGD
 from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
-from semi_nnunet.run.train_api import TrainingError, find_trainer_class, with_optimizer
+from semi_nnunet.trainers.lookup import TrainingError, find_trainer_class, with_optimizer
 from semi_nnunet.run.train_entrypoint import main as train_main
 from semi_nnunet.trainers.base import SemiSupervisedTrainer
 from semi_nnunet.trainers.optimizers import HCONotApplicableError, build_optimizer

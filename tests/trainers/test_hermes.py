@@ -8,7 +8,7 @@ from batchgenerators.utilities.file_and_folder_operations import join, load_json
 
 from semi_nnunet.dataset_conversion.synthetic import make_synthetic_dataset
 from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
-from semi_nnunet.run.train_api import TrainingError
+from semi_nnunet.trainers.lookup import TrainingError
 from semi_nnunet.trainers.hermes import HermesTrainer
 from semi_nnunet.trainers.hermes_losses import (
     MemoryBank,
@@ -313,7 +313,7 @@ def test_attention_features_are_detached(planned):
 
 
 def test_hco_trusts_ground_truth_only(planned):
-    from semi_nnunet.run.train_api import find_trainer_class
+    from semi_nnunet.trainers.lookup import find_trainer_class
     trainer = make(planned, find_trainer_class("HermesTrainer_HCO"))
     labeled = {"data": torch.randn(2, 1, 48, 48), "keys": ["lab000", "lab004"],
                "target": [torch.randint(0, 2, (2, 1, 48 // 2 ** k, 48 // 2 ** k)).float() for k in range(3)]}

@@ -50,7 +50,7 @@ def test_2d_with_classes_train_resume_predict_classify(nnunet_paths, monkeypatch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from PIL import Image
 
-    from semi_nnunet.run.train_api import register_with_nnunet
+    from semi_nnunet.trainers.lookup import register_with_nnunet
     register_with_nnunet()
     raw = join(nnunet_paths["nnUNet_raw"], name)
     out = join(nnunet_paths["nnUNet_results"], "pred")

@@ -90,7 +90,7 @@ def test_stage_trainers_inherit_every_setting_of_a_variant():
 def test_uniform_pseudo_sampling_draws_labeled_patches_by_their_share(tmp_path, monkeypatch):
     """``pseudo_sampling = "uniform"``: each batch holds Binomial(B, n_l / (n_l + n_u)) labeled patches, the losses are
     weighted by their share of the batch; HCO refuses it."""
-    from semi_nnunet.run.train_api import find_trainer_class
+    from semi_nnunet.trainers.lookup import find_trainer_class
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(k, str(tmp_path / k))
     make_synthetic_dataset(str(tmp_path / "nnUNet_raw"), 996, dim=2, num_labeled=4, num_unlabeled=2)

@@ -14,7 +14,7 @@ from batchgenerators.utilities.file_and_folder_operations import join, load_json
 from semi_nnunet.dataset_conversion.synthetic import make_synthetic_dataset
 from semi_nnunet.networks.sam import MEDSAM_FILE, SAM_CHECKPOINT_ENV, build_sam
 from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
-from semi_nnunet.run.train_api import ext_trainer_path
+from semi_nnunet.trainers.lookup import ext_trainer_path
 from semi_nnunet.run.train_entrypoint import main as train_main
 from semi_nnunet.trainers.synfoc import (SynFoCSetupError, SynFoCTrainer, SynFoCTrainer_tinySAM,
                                          SynFoCTrainer_tinySAM_2epochs_2it)

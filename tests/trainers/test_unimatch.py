@@ -12,7 +12,7 @@ from batchgenerators.utilities.file_and_folder_operations import join, load_json
 
 from semi_nnunet.dataset_conversion.synthetic import make_synthetic_dataset
 from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
-from semi_nnunet.run.train_api import ext_trainer_path, find_trainer_class
+from semi_nnunet.trainers.lookup import ext_trainer_path, find_trainer_class
 from semi_nnunet.run.train_entrypoint import main as train_main
 from semi_nnunet.trainers.pseudo_label_losses import confident_labels, cutmix_boxes, soft_dice_loss
 from semi_nnunet.trainers.unimatch import FixMatchTrainer, UniMatchTrainer

@@ -24,44 +24,6 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["a.txt"]
 
 
-def _hold(lock, started, release):
-    from semi_nnunet.utilities.file_ops import claim
-    with claim(lock) as mine:
-        assert mine
-        started.set()
-        release.wait(30)
-
-
-def test_claim_is_exclusive_between_processes_and_a_dead_holder_is_taken_over(tmp_path):
-    import multiprocessing as mp
-    import socket
-    from semi_nnunet.utilities.file_ops import claim
-    lock = str(tmp_path / "jobs" / "a.lock")
-    ctx = mp.get_context("spawn")
-    started, release = ctx.Event(), ctx.Event()
-    other = ctx.Process(target=_hold, args=(lock, started, release))
-    other.start()
-    try:
-        assert started.wait(60)
-        with claim(lock) as mine:
-            assert mine is False  # a live worker holds it
-        assert os.path.isfile(lock)  # and a refused claim does not remove its lock
-    finally:
-        release.set()
-        other.join(30)
-    assert not os.path.exists(lock)  # released at the end of the holder's block
-    # a killed run's lock names a process that no longer exists: stale, taken over
-    dead = ctx.Process(target=os.getpid)
-    dead.start()
-    dead.join()
-    with open(lock, "w") as f:
-        f.write(f"{socket.gethostname()}:{dead.pid}")
-    with claim(lock) as mine:
-        assert mine is True
-        assert open(lock).read() == f"{socket.gethostname()}:{os.getpid()}"
-    assert not os.path.exists(lock)
-
-
 def test_code_version_names_the_commit_of_a_checkout(tmp_path):
     import subprocess
     from semi_nnunet.utilities.provenance import code_version
