@@ -32,7 +32,8 @@ def train(dataset: Union[int, str], configuration: str, trainer: str = "nnUNetTr
           pretrained_weights: Optional[str] = None, val_with_best: bool = False,
           stages: Optional[int] = None, dry_run: bool = False, parallel: int = 1,
           stop_agreement: Optional[float] = None, finetune: bool = False, seed: Optional[int] = None,
-          final_validation: bool = True, executor: Optional[ExecutorOptions] = None) -> List[str]:
+          final_validation: bool = True, executor: Optional[ExecutorOptions] = None,
+          disable_checkpointing: bool = False) -> List[str]:
     """Train ``trainer`` on the given folds (``None``: every fold of the splits). Returns the output folders.
 
     A staged trainer (``num_stages > 0``, e.g. SemiCervixTrainer) runs its whole pipeline: stage 0, pseudo-labels from
@@ -50,7 +51,8 @@ def train(dataset: Union[int, str], configuration: str, trainer: str = "nnUNetTr
     request = TrainRequest(dataset, configuration, trainer, tuple(folds) if folds else None, plans_identifier,
                            device, continue_training, executor.engine != "local", only_run_validation,
                            export_validation_probabilities, num_gpus, pretrained_weights, val_with_best, stages,
-                           stop_agreement, finetune, seed, final_validation)
+                           stop_agreement, finetune, seed, final_validation,
+                           disable_checkpointing=disable_checkpointing)
     trainer_class, dataset_name, _, fold_list = check_request(request, dry_run)
     if executor.parallel > 1:
         device_slots(executor.parallel, device)  # too few listed GPUs fails here, before anything trains

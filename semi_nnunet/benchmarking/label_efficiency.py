@@ -46,7 +46,7 @@ import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, maybe_mkdir_p
 
 from semi_nnunet.utilities.errors import InputError
-from semi_nnunet.utilities.nnunet_folders import nnunet_paths
+from semi_nnunet.utilities.environment import nnunet_paths
 from semi_nnunet.tasks.executors import ExecutorOptions, run_graph
 from semi_nnunet.tasks.graph import Graph, Task
 

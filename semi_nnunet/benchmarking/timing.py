@@ -36,7 +36,7 @@ def time_iterations(job, warmup: int = 2, timed: int = 5) -> Tuple[float, float]
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    from semi_nnunet.utilities.nnunet_folders import nnunet_paths
+    from semi_nnunet.utilities.environment import nnunet_paths
     from semi_nnunet.trainers.lookup import register_with_nnunet
     from semi_nnunet.trainers.training import seed_everything
     scratch = tempfile.mkdtemp(prefix="semi_nnunet_timing_")

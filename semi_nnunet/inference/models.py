@@ -15,6 +15,7 @@ from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, 
 from semi_nnunet.utilities.errors import InputError
 
 Fold = Union[int, str]
+DEFAULT_FOLDS = (0, 1, 2, 3, 4)  # nnUNetv2_predict's default -f
 
 
 class PredictionError(InputError):
@@ -25,7 +26,7 @@ class PredictionError(InputError):
 class Member:
     """One model of an ensemble: a results folder, its folds and the checkpoint to load."""
     folder: str
-    folds: List[Fold] = field(default_factory=list)  # empty: every fold that has the checkpoint
+    folds: List[Fold] = field(default_factory=list)  # empty: nnU-Net's default, folds 0-4
     checkpoint: str = "checkpoint_final.pth"
 
     def describe(self) -> dict:
@@ -96,7 +97,8 @@ def available_folds(folder: str, checkpoint: str) -> List[Fold]:
 
 
 def check_member(member: Member) -> Member:
-    """The folder, plans, dataset.json and every fold's checkpoint exist; fills in the folds when none were given."""
+    """The folder, plans, dataset.json and every fold's checkpoint exist. No folds given: folds 0-4, as nnU-Net's
+    ``nnUNetv2_predict`` (a missing one is an error, never silently left out)."""
     folder = member.folder
     if not isdir(folder):
         parent = os.path.dirname(folder.rstrip(os.sep))
@@ -110,17 +112,18 @@ def check_member(member: Member) -> Member:
                                   join(folder, name),
                                   "point to <nnUNet_results>/<Dataset>/<Trainer>__<Plans>__<Config>.")
     available = available_folds(folder, member.checkpoint)
-    folds = member.folds or available
-    if not folds:
+    folds = member.folds or list(DEFAULT_FOLDS)
+    if not available:
         raise PredictionError(f"No fold of this model has {member.checkpoint}.", folder,
                               "finish training (semi_nnUNet_train ... --c continues an interrupted run), or choose "
-                              "another checkpoint with --chk checkpoint_best.pth / checkpoint_latest.pth.")
+                              "another checkpoint with -chk checkpoint_best.pth / checkpoint_latest.pth.")
     for f in folds:
         path = join(folder, f"fold_{f}", member.checkpoint)
         if not isfile(path):
-            raise PredictionError(f"Fold {f} has no {member.checkpoint}.", path,
-                                  f"train fold {f} to the end, use the folds that have it ({available or 'none'}), or "
-                                  f"choose another checkpoint with --chk.")
+            default = "" if member.folds else " (no -f: nnU-Net's default folds 0-4)"
+            raise PredictionError(f"Fold {f} has no {member.checkpoint}{default}.", path,
+                                  f"train fold {f} to the end (semi_nnUNet_train ... {f}), choose folds that have it "
+                                  f"with -f {' '.join(map(str, available))}, or choose another checkpoint with -chk.")
     check_checkpoints(folder, folds, member.checkpoint)
     return Member(folder, [int(f) if str(f).isdigit() else f for f in folds], member.checkpoint)
 

@@ -3,7 +3,7 @@ import argparse
 import shlex
 import sys
 
-from semi_nnunet.run.executor_arguments import add_executor_arguments, executor_options
+from semi_nnunet.run.arguments import add_executor_arguments, executor_options, parse
 from semi_nnunet.utilities.errors import InputError
 
 
@@ -47,7 +47,7 @@ def main(argv=None) -> None:
                         help="print the grid's tasks (done / to do) and run nothing")
     add_executor_arguments(parser, "run this many jobs side by side (a local Ray instance with that many slots; "
                                    "one GPU each with -device cuda)")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
 
     from semi_nnunet.benchmarking.label_efficiency import run_label_efficiency
     from semi_nnunet.trainers.lookup import TrainingError

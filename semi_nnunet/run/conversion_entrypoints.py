@@ -12,6 +12,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from semi_nnunet.utilities.raw_dataset import DatasetError
+from semi_nnunet.run.arguments import parse
 
 
 def _run(call: Callable[[], str]) -> None:
@@ -55,7 +56,7 @@ def convert_hc18_entry(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--downsample", type=float, default=1.0,
                         help="scale factor applied to the images, e.g. 0.5 (default 1.0)")
     _common_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     from semi_nnunet.dataset_conversion.hc18 import convert_hc18
     _run(lambda: convert_hc18(args.input, dataset_id=args.dataset_id, num_labeled=args.num_labeled,
                               num_unlabeled=args.num_unlabeled, num_test=args.num_test, seed=args.seed,
@@ -75,7 +76,7 @@ def convert_msd_hippocampus_entry(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("-n", "--name", default="Hippocampus", help="dataset name (default Hippocampus)")
     _split_arguments(parser, 20, 60)
     _common_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     from semi_nnunet.dataset_conversion.msd_hippocampus import convert_msd_hippocampus
     _run(lambda: convert_msd_hippocampus(args.input, dataset_id=args.dataset_id, num_labeled=args.num_labeled,
                                          num_unlabeled=args.num_unlabeled, num_test=args.num_test, seed=args.seed,
@@ -110,7 +111,7 @@ def convert_2d_folder_entry(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("-d", "--dataset-id", type=int, required=True, help="dataset id, e.g. 600")
     parser.add_argument("-n", "--name", required=True, help="dataset name, e.g. MyUltrasound")
     _common_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     from semi_nnunet.dataset_conversion.folder_2d import convert_2d_folder
     _run(lambda: convert_2d_folder(args.images, args.masks, args.dataset_id, args.name,
                                    unlabeled_dir=args.unlabeled_dir, test_images_dir=args.test_images,

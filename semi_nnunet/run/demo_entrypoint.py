@@ -3,6 +3,7 @@ import argparse
 import sys
 
 from semi_nnunet.utilities.raw_dataset import DatasetError
+from semi_nnunet.run.arguments import parse
 
 
 def main(argv=None) -> None:
@@ -16,7 +17,7 @@ def main(argv=None) -> None:
                              "HermesTrainer_demo, the method the packaged multi-seed benchmark shows best)")
     parser.add_argument("-device", default="cpu", choices=["cpu", "cuda", "mps"], help="default: cpu")
     parser.add_argument("-np", type=int, default=2, help="worker processes (default: 2)")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     from semi_nnunet.demo_api import DEFAULT_TRAINERS, run_demo
     try:
         run_demo(args.output, args.tr or DEFAULT_TRAINERS, args.device, args.np)

@@ -4,6 +4,7 @@ import sys
 
 from semi_nnunet.inference.models import PredictionError
 from semi_nnunet.utilities.file_ops import save_json_atomic
+from semi_nnunet.run.arguments import parse
 
 
 def _table(summary: dict) -> str:
@@ -32,7 +33,7 @@ def main(argv=None) -> None:
                         help="CSV 'case,class': accuracy of the prediction's classes.csv (classification heads)")
     parser.add_argument("-np", type=int, default=2, help="processes (default 2)")
     parser.add_argument("--chill", action="store_true", help="evaluate only the predicted cases")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
 
     from semi_nnunet.evaluation.evaluate_api import compare, evaluate
     try:

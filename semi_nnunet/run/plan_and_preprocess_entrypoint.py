@@ -3,6 +3,7 @@ import argparse
 import sys
 
 from semi_nnunet.utilities.errors import InputError
+from semi_nnunet.run.arguments import parse
 
 
 def main(argv=None) -> None:
@@ -24,7 +25,7 @@ def main(argv=None) -> None:
     parser.add_argument("--replace_plans", action="store_true",
                         help="replace existing plans of the same name that this run would plan differently (default: "
                              "refuse, so trainings from them keep their plans; or use -overwrite_plans_name)")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
 
     from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
     try:

@@ -3,7 +3,7 @@ import argparse
 import sys
 
 from semi_nnunet.inference.models import PredictionError
-from semi_nnunet.run.executor_arguments import add_executor_arguments, executor_options
+from semi_nnunet.run.arguments import add_executor_arguments, executor_options, parse
 from semi_nnunet.utilities.errors import InputError
 
 
@@ -23,7 +23,7 @@ def main(argv=None) -> None:
     parser.add_argument("-tr", nargs="+", default=None, help="trainer(s); every trainer x configuration is a member")
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     parser.add_argument("-f", nargs="+", default=None,
-                        help="folds to ensemble (default: every fold with the checkpoint)")
+                        help="folds to ensemble (default 0 1 2 3 4, as nnUNetv2_predict; 'all' for fold_all)")
     parser.add_argument("--stage", type=int, default=None,
                         help="staged trainers: use the models of this stage (TRAINER_stage<K>; 0 = the initial one)")
     parser.add_argument("-m", nargs="+", default=None,
@@ -48,7 +48,7 @@ def main(argv=None) -> None:
                         help="the part this call predicts (0..num_parts-1)")
     add_executor_arguments(parser, "predict this many parts side by side (a local Ray instance; one GPU each with "
                                    "-device cuda); sets -num_parts when it is not given")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
 
     from semi_nnunet.inference.models import Member, member_from_names, members_from_spec
     from semi_nnunet.inference.predict_api import predict, predict_parts

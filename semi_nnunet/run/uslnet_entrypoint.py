@@ -3,6 +3,7 @@ import argparse
 import sys
 
 from semi_nnunet.utilities.errors import InputError
+from semi_nnunet.run.arguments import parse
 
 
 def main(argv=None) -> None:
@@ -30,7 +31,7 @@ def main(argv=None) -> None:
     parser.add_argument("--no_test_eval", action="store_true",
                         help="do not predict imagesTs / score labelsTs after every cycle")
     parser.add_argument("-np", type=int, default=2, help="processes for planning / preprocessing if needed")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
 
     from semi_nnunet.run.uslnet_api import run_uslnet
     from semi_nnunet.trainers.uslnet import USLNetError

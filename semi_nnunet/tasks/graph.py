@@ -7,10 +7,10 @@ another process or machine and run there.
 """
 import importlib
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+from semi_nnunet.utilities.environment import environment
 from semi_nnunet.utilities.errors import InputError
 
 #: the environment variables a task carries to the process that runs it (nnU-Net's folders and settings, ours)
@@ -21,21 +21,6 @@ def carried_environment(environ=None) -> Dict[str, str]:
     """The part of the environment a task takes along (see :data:`CARRIED_ENVIRONMENT_PREFIXES`)."""
     environ = os.environ if environ is None else environ
     return {k: v for k, v in environ.items() if k.startswith(CARRIED_ENVIRONMENT_PREFIXES)}
-
-
-@contextmanager
-def environment(values: Dict[str, str]) -> Iterator[None]:
-    """Set ``values`` in ``os.environ`` for the block, then put back what was there."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def resolve(path: str) -> Callable:

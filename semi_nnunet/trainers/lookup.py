@@ -49,6 +49,15 @@ def _nnunet_trainer_names() -> List[str]:
     return names
 
 
+ABSTRACT_TRAINERS = ("SemiSupervisedTrainer", "PseudoLabelTrainer")  # bases that methods build on, not trainable
+
+
+def method_names() -> List[str]:
+    """The semi_nnunet methods a user trains by name (no abstract bases, no size or optimizer variants)."""
+    from semi_nnunet.trainers import all_trainer_classes
+    return sorted(n for n in all_trainer_classes() if "_" not in n and n not in ABSTRACT_TRAINERS)
+
+
 def find_trainer_class(name: str) -> type:
     """Our trainers first, then nnU-Net's (so ``nnUNetTrainer`` is the supervised baseline on the same data)."""
     from semi_nnunet.trainers import all_trainer_classes, find_trainer
@@ -60,12 +69,15 @@ def find_trainer_class(name: str) -> type:
     try:
         return recursive_find_trainer_class_by_name(name)
     except (RuntimeError, AssertionError):
-        close = difflib.get_close_matches(name, list(ours) + _nnunet_trainer_names(), n=5, cutoff=0.5)
+        concrete = [n for n in ours if n not in ABSTRACT_TRAINERS]
+        close = difflib.get_close_matches(name, concrete + _nnunet_trainer_names(), n=5, cutoff=0.5)
         hint = f"close matches: {', '.join(close)}" if close else \
-            f"semi_nnunet trainers: {', '.join(sorted(ours))}"
+            f"semi_nnunet methods: {', '.join(method_names())}; nnUNetTrainer is the supervised baseline"
+        if name.isdigit() or name == "all":
+            hint = f"'{name}' is a fold: the trainer name goes first, e.g. MeanTeacherTrainer {name}"
         raise TrainingError(f"Unknown trainer '{name}' ({hint}).", "trainer argument",
                             "give a trainer class name of semi_nnunet or nnU-Net (documentation/training.md lists "
-                            "ours).") from None
+                            "ours and their variants).") from None
 
 
 def with_optimizer(trainer: str, optimizer: Optional[str]) -> str:

@@ -45,6 +45,7 @@ class TrainRequest:
     final_validation: bool = True
     checkpoint_name: str = "checkpoint_final.pth"  # the checkpoint that makes the pseudo-labels
     use_mirroring: bool = False  # test-time mirroring when making pseudo-labels
+    disable_checkpointing: bool = False  # nnU-Net's --disable_checkpointing
 
     def but(self, **changes) -> "TrainRequest":
         return replace(self, **changes)
@@ -153,6 +154,11 @@ def check_request(request: TrainRequest, dry_run: bool = False) -> Tuple[type, s
     if request.stages and not getattr(trainer_class, "stage_trainer", None):
         raise TrainingError(f"{trainer} is not a staged trainer, so it has no stage {request.stages}.", "--stages",
                             "drop --stages, or train a staged trainer (e.g. SemiCervixTrainer).")
+    staged_only = [flag for flag, on in (("--stop-agreement", request.stop_agreement is not None),
+                                          ("--finetune", request.finetune)) if on]
+    if staged_only and not getattr(trainer_class, "num_stages", 0) and not request.stages:
+        raise TrainingError(f"{trainer} is not a staged trainer, so {' and '.join(staged_only)} would do nothing.",
+                            " / ".join(staged_only), "drop it, or train a staged trainer (e.g. SemiCervixTrainer).")
     dataset_name = find_dataset_name(dataset)
     plans_file = join(str(nnUNet_preprocessed), dataset_name, request.plans_identifier + ".json")
     if not isfile(plans_file):
@@ -258,10 +264,11 @@ def train_fold(request: TrainRequest, fold: Fold, trainer: Optional[str] = None,
         if not request.final_validation and request.num_gpus == 1 and not request.only_run_validation:
             nnunet_trainer = get_trainer_from_args(dataset_name, configuration, fold, trainer, plans,
                                                    continue_training, device=device)
+            nnunet_trainer.disable_checkpointing = request.disable_checkpointing
             maybe_load_checkpoint(nnunet_trainer, continue_training, False, pretrained)
             nnunet_trainer.run_training()
         else:
             run_training(dataset_name, configuration, fold, trainer, plans, pretrained, request.num_gpus,
                          request.export_validation_probabilities, continue_training, request.only_run_validation,
-                         False, request.val_with_best, device=device)
+                         request.disable_checkpointing, request.val_with_best, device=device)
     return folder

@@ -193,7 +193,8 @@ def _run(argv, capsys):
 def test_bad_input_errors(trained, bad_inputs, tmp_path, capsys):
     out = str(tmp_path / "out")
     base = ["-i", bad_inputs, "-o", out, "-device", "cpu"]
-    model = ["-d", "941", "-c", "2d", "-tr", TRAINER]
+    no_folds = ["-d", "941", "-c", "2d", "-tr", TRAINER]
+    model = no_folds + ["-f", "0", "1"]
     empty_model = join(trained["nnUNet_results"], "Dataset941_Synthetic2D", "Empty__nnUNetPlans__2d")
     shutil.copytree(trained["model"], empty_model, ignore=shutil.ignore_patterns("*.pth"))
     cases = [
@@ -204,8 +205,10 @@ def test_bad_input_errors(trained, bad_inputs, tmp_path, capsys):
         (lambda: shutil.copy(join(bad_inputs, "test000_0000.png"), join(bad_inputs, "extra.nii.gz")),
          base + model, ["unexpected ending", "extra.nii.gz", "convert it to .png"]),
         (None, base + ["-m", empty_model], ["No fold of this model has checkpoint_final.pth", "Empty__nnUNetPlans",
-                                             "--chk"]),
-        (None, base + model + ["-f", "3"], ["Fold 3 has no checkpoint_final.pth", "fold_3", "[0, 1]"]),
+                                             "-chk"]),
+        (None, base + no_folds, ["Fold 2 has no checkpoint_final.pth (no -f: nnU-Net's default folds 0-4)",
+                                 "fold_2", "-f 0 1"]),
+        (None, base + no_folds + ["-f", "3"], ["Fold 3 has no checkpoint_final.pth", "fold_3", "-f 0 1"]),
         (None, base + ["-m", trained["model"], "-d", "Dataset999_Other"],
          ["trained on Dataset941_Synthetic2D, not on Dataset999_Other", "-d Dataset941_Synthetic2D"]),
         (None, base + ["-d", "941", "-c", "3d_fullres", "-tr", TRAINER],

@@ -1,0 +1,82 @@
+"""nnU-Net users' habits on our commands: a table of invocations and what each must do."""
+import json
+import os
+
+import pytest
+
+from semi_nnunet.run.predict_entrypoint import main as predict_main
+from semi_nnunet.run.train_entrypoint import main as train_main
+
+TRAINER = "nnUNetTrainer_2epochs_2it"
+
+
+@pytest.fixture(scope="module")
+def planned(module_paths):
+    from semi_nnunet.dataset_conversion.synthetic import make_synthetic_dataset
+    from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
+    make_synthetic_dataset(module_paths["nnUNet_raw"], 987, dim=2, num_labeled=5, num_unlabeled=1, shape=(32, 32))
+    plan_and_preprocess(987, ["2d"], num_processes=1, show_progress=False)
+    # a results folder without any trained fold, for prediction arguments
+    model = os.path.join(module_paths["nnUNet_results"], "Dataset987_Synthetic2D", "X__nnUNetPlans__2d")
+    os.makedirs(model)
+    for name in ("plans.json", "dataset.json"):
+        with open(os.path.join(model, name), "w") as f:
+            json.dump({}, f)
+    return {**module_paths, "model": model}
+
+
+def _run(main, argv, capsys):
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+TRAIN = [
+    # (argv, exit code, what the output must say, what it must not)
+    (["987", "2d", "0", "-tr", TRAINER, "--dry-run"], 0, [f"train {TRAINER} fold 0"], []),  # nnU-Net's form
+    (["987", "2d", "0", "1", "-tr", TRAINER, "--dry_run"], 0, [f"train {TRAINER} fold 1"], []),  # underscore spelling
+    (["987", "2d", TRAINER, "all", "--dry-run", "--disable_checkpointing"], 0, [f"train {TRAINER} fold all"], []),
+    (["987", "2d", "0"], 2, ["'0' stands where the trainer name goes", "-tr TRAINER"], []),
+    (["987", "2d"], 2, ["No trainer given"], []),
+    (["987", "2d", "Qwxyzk", "0"], 2, ["semi_nnunet methods: ", "MeanTeacherTrainer"],
+     ["SemiSupervisedTrainer", "PseudoLabelTrainer"]),
+    (["987", "2d", "0", "x", "-tr", TRAINER], 2, ["'x' is not one"], []),
+    (["987", "2d", TRAINER, "0", "--executor", "slurm", "--parallel", "2", "--dry-run"], 2, ["Slurm decides"], []),
+    (["987", "2d", TRAINER, "0", "--slurm_time", "soon", "--executor", "slurm"], 2, ["not a Slurm time"], []),
+    (["987", "2d", TRAINER, "0", "--stop_agreement", "0.9", "--dry-run"], 2, ["not a staged trainer"], []),
+]
+
+
+@pytest.mark.parametrize("argv, code, says, never", TRAIN, ids=[" ".join(t[0]) for t in TRAIN])
+def test_train_invocations(planned, capsys, argv, code, says, never):
+    got, text = _run(train_main, argv + ["-device", "cpu"], capsys)
+    assert got == code, text
+    for piece in says:
+        assert piece in text, text
+    for piece in never:
+        assert piece not in text, text
+    assert "unrecognized arguments" not in text
+
+
+def _predict_cases(model):
+    base = ["-i", model, "-o", model + "_out", "-device", "cpu", "-m", model]
+    return [
+        (base + ["-chk", "checkpoint_best.pth"], ["No fold of this model has checkpoint_best.pth"]),  # not -c hk
+        (base + ["--chk", "checkpoint_latest.pth"], ["No fold of this model has checkpoint_latest.pth"]),
+        (base + ["--save-probabilities", "--disable-tta", "-f", "0"], ["No fold of this model"]),
+        (base + ["-num_parts", "2", "-part_id", "2"], ["-part_id 2 of -num_parts 2"]),
+        (base + ["--num-parts", "2", "--part-id", "5"], ["-part_id 5 of -num_parts 2"]),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_predict_invocations(planned, capsys, case):
+    argv, says = _predict_cases(planned["model"])[case]
+    got, text = _run(predict_main, argv, capsys)
+    assert got == 2 and "unrecognized arguments" not in text, text
+    for piece in says:
+        assert piece in text, text
