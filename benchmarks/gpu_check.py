@@ -2,7 +2,7 @@
 peak GPU memory, and 5-fold prediction against stock nnUNetv2_predict, printed as a Markdown block for
 documentation/benchmarks.md. Sized to run in under 8 minutes on one GPU.
 
-    python benchmarks/gpu_check.py --hippocampus ../shared/data/Hippocampus_MSD_Task04 -o gpu_check.md
+    python benchmarks/gpu_check.py --hippocampus $DATA/Hippocampus_MSD_Task04 -o gpu_check.md
     python benchmarks/gpu_check.py -device cpu --quick --synthetic-3d      # CI: the same code paths on a CPU
 
 2D, on the bundled HC18 demo subset (given two image classes by head size, so that Hermes trains its classifier):

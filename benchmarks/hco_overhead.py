@@ -1,6 +1,6 @@
 """HCO overhead: time per iteration of one trainer with AdamW vs HCO-AdamW and SGD vs HCO-SGD, in one run.
 
-    python benchmarks/hco_overhead.py --hippocampus ../shared/data/Hippocampus_MSD_Task04 [-device cuda]
+    python benchmarks/hco_overhead.py --hippocampus $DATA/Hippocampus_MSD_Task04 [-device cuda]
 
 Same trainer (Mean Teacher by default), same data, same cached batches; only the optimizer differs. Both sides run
 the same split update (labeled backward, then unlabeled backward); HCO adds the pointer swap, its element-wise step

@@ -1,7 +1,7 @@
 """Hermes on HC18: supervised nnU-Net vs Mean Teacher vs HermesTrainer segmentation-only vs HermesTrainer with
 (proxy) image classes, same iteration budget.
 
-    python benchmarks/hermes_hc18.py --hc18 ../shared/data/HC18/training_set
+    python benchmarks/hermes_hc18.py --hc18 $DATA/HC18/training_set
 
 HC18 has no image-level classes, so Hermes runs segmentation-only on it (dual threshold + pixel contrast). To exercise
 the classification branch as well, a second copy of the same split gets a proxy class per labeled and test image:

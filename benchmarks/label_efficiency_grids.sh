@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The converged, multi-seed label-efficiency grids recorded in documentation/benchmarks.md (issue: a benchmark that
 # can be trusted). Resumable: rerun the same script and only unfinished jobs run. Usage:
-#   DATA=../shared/data WORK=/path/with/space bash benchmarks/label_efficiency_grids.sh [hc18|hc18_new|hc18_b160_base|hc18_b160_first|hc18_b160|hc18_b160_more|hippo|save] ...
+#   DATA=/path/to/data WORK=/path/with/space bash benchmarks/label_efficiency_grids.sh [hc18|hc18_new|hc18_b160_base|hc18_b160_first|hc18_b160|hc18_b160_more|hippo|save] ...
 # Each grid is run by two workers (the same command started twice, each on its own core with one thread; a job's
 # lock file hands every job to one of them). Finished jobs' result files are kept in the repository
 # (documentation/benchmarks/<grid>/jobs/) and copied back into WORK first, so a fresh machine resumes the grid

@@ -1,6 +1,6 @@
 """5-fold prediction: semi_nnUNet_predict vs stock nnUNetv2_predict -f 0 1 2 3 4, same models and images, one run.
 
-    python benchmarks/predict_ensemble.py [--hc18 ../shared/data/HC18/training_set] [-device cpu] [--repeats 2]
+    python benchmarks/predict_ensemble.py [--hc18 $DATA/HC18/training_set] [-device cpu] [--repeats 2]
 
 Data: the bundled HC18 demo subset (20 labeled, 20 test images, longer side 160 px), or with ``--hc18`` a larger
 converted HC18 split. Five folds of a short-schedule trainer are trained once (model quality does not matter here;

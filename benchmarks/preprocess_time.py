@@ -1,7 +1,7 @@
 """Preprocessing time per unlabeled case vs per labeled case, nnU-Net's preprocessor, measured in one run.
 
-    python benchmarks/preprocess_time.py --hc18 ../shared/data/HC18/training_set \
-        --hippocampus ../shared/data/Hippocampus_MSD_Task04 --workdir /tmp/bench_pp
+    python benchmarks/preprocess_time.py --hc18 $DATA/HC18/training_set \
+        --hippocampus $DATA/Hippocampus_MSD_Task04 --workdir /tmp/bench_pp
 
 Converts each dataset (seeded split), plans it with nnU-Net's planner, then preprocesses the labeled and the
 unlabeled cases with the same plans, single process, alternating rounds (labeled, unlabeled, labeled, ...) so that

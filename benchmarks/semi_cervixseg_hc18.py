@@ -1,7 +1,7 @@
 """Semi-CervixSeg on HC18: supervised vs SemiCervixTrainer (stage 0) vs stage 1, same iteration budget; and
 pseudo-label generation time vs stock nnUNetv2_predict on the same model and cases.
 
-    python benchmarks/semi_cervixseg_hc18.py --hc18 ../shared/data/HC18/training_set
+    python benchmarks/semi_cervixseg_hc18.py --hc18 $DATA/HC18/training_set
 
 HC18 is converted with a seeded, patient-grouped split (few labeled, an unlabeled pool, a held-out labeled test set),
 downsampled so the longer side is ``--max-size`` px (a CPU budget). Every trainer gets the demo's schedule (8 epochs

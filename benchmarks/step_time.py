@@ -1,7 +1,7 @@
 """Time per training iteration: nnUNetTrainer vs semi-supervised trainers, side by side in one run.
 
     python benchmarks/step_time.py                                   # bundled HC18 demo subset, 2d
-    python benchmarks/step_time.py --hippocampus ../shared/data/Hippocampus_MSD_Task04   # adds 3d_fullres
+    python benchmarks/step_time.py --hippocampus $DATA/Hippocampus_MSD_Task04   # adds 3d_fullres
     python benchmarks/step_time.py -device cuda --trainers nnUNetTrainer MeanTeacherTrainer
 
 Each trainer is set up on the same preprocessed data and plans; a few batches are drawn once and cached, so the

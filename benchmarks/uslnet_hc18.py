@@ -1,6 +1,6 @@
 """USL-Net on HC18 with every label withheld: Dice of each cycle's pseudo-labels against the withheld labels.
 
-    python benchmarks/uslnet_hc18.py --hc18 ../shared/data/HC18/training_set -device cuda
+    python benchmarks/uslnet_hc18.py --hc18 $DATA/HC18/training_set -device cuda
     python benchmarks/uslnet_hc18.py --hc18 ... --num-train 20 --num-test 8 --max-size 96 -tr USLNetTrainer_tiny \
         -device cpu --cycles 2        # smoke run (minutes on a CPU; not a result)
 

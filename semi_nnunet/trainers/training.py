@@ -178,7 +178,15 @@ def check_request(request: TrainRequest, dry_run: bool = False) -> Tuple[type, s
     if configuration not in available:
         raise TrainingError(f"Configuration '{configuration}' is not in the plans (available: {available}).",
                             plans_file, f"use one of {available} as the configuration argument.")
-    data_identifier = PlansManager(plans_file).get_configuration(configuration).data_identifier
+    config_manager = PlansManager(plans_file).get_configuration(configuration)
+    from semi_nnunet.trainers.base import SemiSupervisedTrainer
+    if config_manager.previous_stage_name is not None and issubclass(trainer_class, SemiSupervisedTrainer):
+        raise TrainingError(f"{configuration} is the second stage of nnU-Net's cascade (it reads the predictions of "
+                            f"{config_manager.previous_stage_name} as extra channels); the semi-supervised trainers "
+                            f"do not support cascades yet.", f"configuration {configuration}",
+                            f"train {trainer} on 3d_fullres or {config_manager.previous_stage_name} (each stands "
+                            f"alone), or the cascade with the supervised nnUNetTrainer.")
+    data_identifier = config_manager.data_identifier
     if not unlabeled_preprocessed(trainer_class, join(str(nnUNet_preprocessed), dataset_name), data_identifier):
         raise TrainingError(f"{trainer} needs unlabeled cases, but none are preprocessed for {configuration}.",
                             join(str(nnUNet_preprocessed), dataset_name),

@@ -1,4 +1,4 @@
-"""Tiny synthetic source datasets for the converter tests (never the real data under /work/shared)."""
+"""Tiny synthetic source datasets for the converter tests (never real data)."""
 import os
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Cautious Optimizer baselines (spec ``shared/methods/hco.md`` section (b) "CO baseline", C-Optim ``AdamW.step``):
+"""Cautious Optimizer baselines (the HCO paper's "CO baseline", C-Optim's ``AdamW.step``):
 the code against the formula, implemented here independently with plain tensor ops."""
 import math
 

@@ -1,4 +1,4 @@
-"""HCO optimizers (spec ``shared/methods/hco.md``): the hand-checked oracle of section (e), equivalences with torch's
+"""HCO optimizers (Algorithms 1 and 2 of the HCO paper): a hand-checked oracle, equivalences with torch's
 AdamW / Adam / SGD, the masking properties, pitfall P3, the mask clamp (P2), a toy loss that goes down, state_dict
 round trips and hyperparameter validation.
 

@@ -16,6 +16,12 @@ def planned(module_paths):
     from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
     make_synthetic_dataset(module_paths["nnUNet_raw"], 987, dim=2, num_labeled=5, num_unlabeled=1, shape=(32, 32))
     plan_and_preprocess(987, ["2d"], num_processes=1, show_progress=False)
+    plans_file = os.path.join(module_paths["nnUNet_preprocessed"], "Dataset987_Synthetic2D", "nnUNetPlans.json")
+    with open(plans_file) as f:
+        plans = json.load(f)
+    plans["configurations"]["2d_cascade"] = {"inherits_from": "2d", "previous_stage": "2d"}  # a cascade's 2nd stage
+    with open(plans_file, "w") as f:
+        json.dump(plans, f)
     # a results folder without any trained fold, for prediction arguments
     model = os.path.join(module_paths["nnUNet_results"], "Dataset987_Synthetic2D", "X__nnUNetPlans__2d")
     os.makedirs(model)
@@ -48,6 +54,8 @@ TRAIN = [
     (["987", "2d", TRAINER, "0", "--executor", "slurm", "--parallel", "2", "--dry-run"], 2, ["Slurm decides"], []),
     (["987", "2d", TRAINER, "0", "--slurm_time", "soon", "--executor", "slurm"], 2, ["not a Slurm time"], []),
     (["987", "2d", TRAINER, "0", "--stop_agreement", "0.9", "--dry-run"], 2, ["not a staged trainer"], []),
+    (["987", "2d_cascade", "MeanTeacherTrainer", "0", "--dry-run"], 2,
+     ["second stage of nnU-Net's cascade", "train MeanTeacherTrainer on 3d_fullres or 2d"], []),
 ]
 
 
