@@ -116,6 +116,33 @@ def _pairs(reference_folder: str, prediction_folder: str, ending: str, chill: bo
     return [(join(reference_folder, f), join(prediction_folder, f)) for f in refs if f not in missing]
 
 
+EMPTY_RULES = ("nan", "one")
+
+
+def apply_empty_rule(per_case: List[dict], keys: List[str], rule: str) -> None:
+    """A case whose reference and prediction are both empty: ``nan`` (nnU-Net: left out of the means) or ``one``
+    (Dice and IoU 1, distances 0, as several lesion challenges score normal images)."""
+    if rule not in EMPTY_RULES:
+        raise PredictionError(f"Unknown empty-case rule '{rule}'.", "--empty", f"choose one of {EMPTY_RULES}.")
+    if rule == "one":
+        for c in per_case:
+            for k in keys:
+                m = c["metrics"][k]
+                if m["n_ref"] == 0 and m["n_pred"] == 0:
+                    m.update({"Dice": 1.0, "IoU": 1.0, **{d: 0.0 for d in SURFACE_METRICS}})
+
+
+def empty_reference_false_positives(per_case: List[dict], keys: List[str]) -> dict:
+    """Per class: of the cases whose reference is empty (a normal image), how many got any predicted voxel."""
+    out = {}
+    for k in keys:
+        empty = [c["metrics"][k] for c in per_case if c["metrics"][k]["n_ref"] == 0]
+        wrong = sum(m["n_pred"] > 0 for m in empty)
+        out[k] = {"cases": len(empty), "false_positive_images": wrong,
+                  "false_positive_rate": wrong / len(empty) if empty else float("nan")}
+    return out
+
+
 def _aggregate(per_case: List[dict], keys: List[str]) -> dict:
     mean, std, empty = {}, {}, {}
     for k in keys:
@@ -154,9 +181,13 @@ def classification_accuracy(prediction_folder: str, ref_classes: str) -> dict:
 
 def evaluate(reference_folder: str, prediction_folder: str, dataset=None, dataset_json_file: Optional[str] = None,
              output_folder: Optional[str] = None, num_processes: int = 2, chill: bool = False,
-             ref_classes: Optional[str] = None) -> dict:
+             ref_classes: Optional[str] = None, empty_rule: str = "nan") -> dict:
     """Evaluate every prediction against its reference; writes ``summary.json`` and ``metrics.csv`` into
-    ``output_folder`` (default: the prediction folder) and returns the summary."""
+    ``output_folder`` (default: the prediction folder) and returns the summary. ``empty_rule``: see
+    :func:`apply_empty_rule`; the summary also gives the image-level false-positive rate on empty-reference cases and
+    the unit of the distances (mm from the image header; pixels for PNG/JPG/TIFF images, which carry no spacing)."""
+    if empty_rule not in EMPTY_RULES:
+        raise PredictionError(f"Unknown empty-case rule '{empty_rule}'.", "--empty", f"choose one of {EMPTY_RULES}.")
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     dataset_json = dataset_json_for(prediction_folder, dataset, dataset_json_file)
     ending = dataset_json["file_ending"]
@@ -170,7 +201,12 @@ def evaluate(reference_folder: str, prediction_folder: str, dataset=None, datase
     else:
         per_case = [evaluate_case(*a) for a in args]
     keys = [str(r) for r in labels]
+    apply_empty_rule(per_case, keys, empty_rule)
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+    unit = "px" if issubclass(rw_class, NaturalImage2DIO) else "mm"
     summary = {"metric_per_case": per_case, **_aggregate(per_case, keys), "n_cases": len(per_case),
+               "empty_rule": empty_rule, "distance_unit": unit,
+               "empty_reference": empty_reference_false_positives(per_case, keys),
                "reference_folder": os.path.abspath(reference_folder),
                "prediction_folder": os.path.abspath(prediction_folder)}
     if ref_classes:

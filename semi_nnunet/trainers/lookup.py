@@ -82,7 +82,9 @@ def find_trainer_class(name: str) -> type:
 
 def with_optimizer(trainer: str, optimizer: Optional[str]) -> str:
     """``--optimizer``: the trainer's optimizer variant name (``MeanTeacherTrainer`` + ``hco_adamw`` ->
-    ``MeanTeacherTrainer_hco_adamw``), checked to be a semi-supervised trainer."""
+    ``MeanTeacherTrainer_hco_adamw``), checked to be a semi-supervised trainer. HCO on the trainer's own optimizer is
+    always ``<Trainer>_HCO`` (``--optimizer hco_sgd`` on an SGD trainer), and its own optimizer the trainer itself,
+    so one run never lands in two folders."""
     if not optimizer:
         return trainer
     from semi_nnunet.trainers.base import SemiSupervisedTrainer
@@ -90,7 +92,13 @@ def with_optimizer(trainer: str, optimizer: Optional[str]) -> str:
     if optimizer not in OPTIMIZERS:
         raise TrainingError(f"Unknown optimizer '{optimizer}'.", "--optimizer",
                             f"choose one of {', '.join(OPTIMIZERS)}.")
-    if not issubclass(find_trainer_class(trainer), SemiSupervisedTrainer):
+    base = find_trainer_class(trainer)
+    if not issubclass(base, SemiSupervisedTrainer):
         raise TrainingError(f"--optimizer applies to semi-supervised trainers; {trainer} is not one.", "--optimizer",
                             "drop --optimizer (for nnU-Net's own optimizer variants use e.g. nnUNetTrainerAdam).")
+    from semi_nnunet.trainers.generated import hco_counterpart
+    if optimizer == (base.optimizer_name or "sgd"):
+        return trainer  # the trainer's own optimizer: the same run, one folder
+    if optimizer == hco_counterpart(base.optimizer_name):
+        return f"{trainer}_HCO"  # one name for HCO on the trainer's own optimizer, however it was asked for
     return f"{trainer}_{optimizer}"

@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -154,3 +155,36 @@ def test_errors_name_the_file_and_the_fix(folders_3d, tmp_path, capsys):
         evaluate(ref, pred, dataset_json_file=dataset_json, num_processes=1)
     with pytest.raises(PredictionError, match="Cannot tell which labels(.|\n)*-d DATASET"):
         evaluate(ref, pred)
+
+
+@pytest.mark.parametrize("rule, dice_mean", [("nan", 0.25), ("one", 0.5)])
+def test_empty_case_rule_and_false_positives_on_normal_images(tmp_path, capsys, rule, dice_mean):
+    """Three PNG cases: a lesion half found (Dice 0.5), a normal image predicted normal, a normal image with a stray
+    pixel (Dice 0). nnU-Net's rule leaves the second out of the mean; the challenge rule scores it 1."""
+    from PIL import Image
+    from semi_nnunet.run.evaluate_entrypoint import main as evaluate_main
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    ref.mkdir()
+    pred.mkdir()
+    lesion_r, lesion_p = np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8)
+    lesion_r[0:2, 0:4] = 1  # 8 pixels
+    lesion_p[0:2, 0:2] = 1
+    lesion_p[6:8, 6:8] = 1  # TP 4, FP 4, FN 4 -> Dice 8 / 16 = 0.5
+    normal = np.zeros((8, 8), np.uint8)
+    stray = normal.copy()
+    stray[5, 5] = 1
+    for name, r, p in (("a", lesion_r, lesion_p), ("b", normal, normal), ("c", normal, stray)):
+        Image.fromarray(r).save(ref / f"{name}.png")
+        Image.fromarray(p).save(pred / f"{name}.png")
+    dj = str(tmp_path / "dataset.json")
+    save_json({"labels": {"background": 0, "fg": 1}, "file_ending": ".png", "channel_names": {"0": "x"}}, dj)
+    summary = evaluate(str(ref), str(pred), dataset_json_file=dj, num_processes=1, empty_rule=rule)
+    per_case = {os.path.basename(c["prediction_file"]): c["metrics"]["1"]["Dice"] for c in summary["metric_per_case"]}
+    assert per_case["a.png"] == pytest.approx(0.5) and per_case["c.png"] == 0.0
+    assert np.isnan(per_case["b.png"]) if rule == "nan" else per_case["b.png"] == 1.0
+    assert summary["mean"]["1"]["Dice"] == pytest.approx(dice_mean)
+    assert summary["empty_reference"]["1"] == {"cases": 2, "false_positive_images": 1, "false_positive_rate": 0.5}
+    assert summary["distance_unit"] == "px" and summary["empty_rule"] == rule
+    evaluate_main(["-ref", str(ref), "-pred", str(pred), "--dataset_json", dj, "--empty", rule, "-np", "1"])
+    out = capsys.readouterr().out
+    assert "HD95 (px)" in out and "1 of 2" in out and f"--empty {rule}" in out

@@ -28,13 +28,17 @@ def test_hco_variants_are_found_by_name():
     assert issubclass(find_trainer_class("MeanTeacherTrainer_5epochs_HCO"), SemiSupervisedTrainer)
     with pytest.raises(TrainingError, match="applies to semi-supervised trainers"):
         with_optimizer("nnUNetTrainer", "hco_sgd")
+    # one name per run: HCO on the trainer's own optimizer is <Trainer>_HCO, its own optimizer the trainer itself
+    assert with_optimizer("MeanTeacherTrainer", "hco_sgd") == "MeanTeacherTrainer_HCO"
+    assert with_optimizer("MeanTeacherTrainer", "sgd") == "MeanTeacherTrainer"
+    assert with_optimizer("MeanTeacherTrainer", "adamw") == "MeanTeacherTrainer_adamw"
 
 
 @pytest.mark.progress_png
 def test_mean_teacher_hco_trains_logs_and_resumes(planned):
     from nnunetv2.run.run_training import maybe_load_checkpoint
     train_main(["971", "2d", "MeanTeacherTrainer_2epochs_2it", "0", "-device", "cpu", "--optimizer", "hco_sgd"])
-    name = "MeanTeacherTrainer_2epochs_2it_hco_sgd"
+    name = "MeanTeacherTrainer_2epochs_2it_HCO"  # --optimizer hco_sgd on an SGD trainer: the _HCO run
     fold = join(planned["nnUNet_results"], "Dataset971_Synthetic2D", f"{name}__nnUNetPlans__2d", "fold_0")
     ckpt = torch.load(join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     ratios = ckpt["logging"]["hco_mask_ratio"]
