@@ -203,6 +203,7 @@ class Job:
     is_baseline: bool = False
     device: str = "cpu"
     num_processes: int = 2
+    empty_rule: str = "nan"  # semi_nnUNet_evaluate's --empty: a case with empty reference and prediction
 
     @property
     def folder(self) -> str:
@@ -268,7 +269,7 @@ class Grid:
 
 def plan_grid(source: str, configuration: str, labeled: Sequence[str], names: Sequence[str], repeats: int,
               subset_seed: int, stages: Optional[int], device: str, workdir: str, dataset_id: int,
-              num_processes: int) -> Grid:
+              num_processes: int, empty_rule: str = "nan") -> Grid:
     """The subsets and the jobs, in the order the local run takes them: seed by seed, so the first seed of every
     method is reported before the second starts; within a seed, subset by subset (the baseline first)."""
     from semi_nnunet.trainers.lookup import find_trainer_class
@@ -293,7 +294,7 @@ def plan_grid(source: str, configuration: str, labeled: Sequence[str], names: Se
                     continue  # the ceiling: the supervised baseline on every label
                 staged = getattr(find_trainer_class(name), "num_stages", 0)
                 jobs.append(Job(subset, name, seed, 0 if not staged else staged if stages is None else stages,
-                                i == 0, device, num_processes))
+                                i == 0, device, num_processes, empty_rule))
     import re
     tag = re.search(r"_\d+epochs_\d+it", names[0])
     return Grid(subsets, jobs, list(names), repeats, tag.group(0) if tag else "")
@@ -340,7 +341,8 @@ def _evaluate_member(job: Job, member, prediction_folder: str, raw: str) -> dict
     from semi_nnunet.inference.predict_api import predict
     predict(join(job.subset.source, "imagesTs"), prediction_folder, [member], device=job.device, show_progress=False)
     summary = evaluate(join(job.subset.source, "labelsTs"), prediction_folder,
-                       dataset_json_file=join(raw, "dataset.json"), num_processes=job.num_processes)
+                       dataset_json_file=join(raw, "dataset.json"), num_processes=job.num_processes,
+                       empty_rule=job.empty_rule)
     out = {m: foreground_per_case(summary, m) for m in ("Dice", "HD95", "ASD")}
     out["n_test"] = summary["n_cases"]
     return out
@@ -461,7 +463,7 @@ def run_label_efficiency(dataset, configuration: str = "2d", num_labeled: Sequen
                          baseline: str = BASELINE, device: str = "cuda", workdir: str = "semi_nnunet_benchmark",
                          subset_dataset_id: int = 899, num_processes: int = 2, command: Optional[str] = None,
                          repeats: int = 1, estimate_only: bool = False, dry_run: bool = False,
-                         executor: Optional[ExecutorOptions] = None) -> dict:
+                         executor: Optional[ExecutorOptions] = None, empty_rule: str = "nan") -> dict:
     """Run the whole benchmark (see the module docstring); writes ``results.json``, ``results.md`` and the plots into
     ``workdir`` and returns the results. ``estimate_only``: prepare the subsets, print the cost estimate, stop.
     ``dry_run``: print the task graph (what is done, what is to do) without preparing or running anything.
@@ -486,12 +488,12 @@ def run_label_efficiency(dataset, configuration: str = "2d", num_labeled: Sequen
     names = trainer_names(trainers, baseline, epochs, iterations, hco, dims)
     workdir = os.path.abspath(workdir)
     grid = plan_grid(source, configuration, labels, names, repeats, seed, stages, device, workdir,
-                     subset_dataset_id, num_processes)
+                     subset_dataset_id, num_processes, empty_rule)
     if dry_run:
         grid_graph(grid).print(f"Label-efficiency grid in {workdir}")
         return {"jobs": [j.describe() for j in grid.jobs]}
     maybe_mkdir_p(workdir)
-    grid.meta = {"source": source, "configuration": configuration, "subset_seed": seed,
+    grid.meta = {"source": source, "configuration": configuration, "subset_seed": seed, "empty_rule": empty_rule,
                  "training_seeds": list(range(repeats)), "device": device,
                  "budget": {"epochs": epochs, "iterations_per_epoch": iterations, "stages": stages},
                  "baseline": names[0], "trainers": names, "labeled": labels, "jobs_total": len(grid.jobs),

@@ -43,6 +43,9 @@ def main(argv=None) -> None:
     parser.add_argument("--subset_id", type=int, default=899, help="dataset id of the subsets inside -o")
     parser.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"])
     parser.add_argument("-np", type=int, default=2, help="processes for preprocessing and evaluation")
+    parser.add_argument("--empty", default="nan", choices=["nan", "one"],
+                        help="a test case whose reference and prediction are both empty: nan = left out of the mean "
+                             "(nnU-Net's rule, default), one = Dice 1 (semi_nnUNet_evaluate --empty)")
     parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                         help="print the grid's tasks (done / to do) and run nothing")
     add_executor_arguments(parser, "run this many jobs side by side (a local Ray instance with that many slots; "
@@ -56,7 +59,7 @@ def main(argv=None) -> None:
         run_label_efficiency(args.d, args.c, args.labeled, args.tr, args.seed, args.epochs, args.iterations,
                              not args.no_hco, args.stages, args.baseline, args.device, args.o, args.subset_id,
                              args.np, command, repeats=args.repeats, estimate_only=args.estimate,
-                             dry_run=args.dry_run, executor=executor_options(args))
+                             dry_run=args.dry_run, executor=executor_options(args), empty_rule=args.empty)
     except (InputError, TrainingError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(2)

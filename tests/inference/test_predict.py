@@ -209,7 +209,7 @@ def test_bad_input_errors(trained, bad_inputs, tmp_path, capsys):
         (None, base + no_folds, ["Fold 2 has no checkpoint_final.pth (no -f: nnU-Net's default folds 0-4)",
                                  "fold_2", "-f 0 1"]),
         (None, base + no_folds + ["-f", "3"], ["Fold 3 has no checkpoint_final.pth", "fold_3", "-f 0 1"]),
-        (None, base + ["-m", trained["model"], "-d", "Dataset999_Other"],
+        (None, base + ["-m", trained["model"], "-f", "0", "1", "-d", "Dataset999_Other"],
          ["trained on Dataset941_Synthetic2D, not on Dataset999_Other", "-d Dataset941_Synthetic2D"]),
         (None, base + ["-d", "941", "-c", "3d_fullres", "-tr", TRAINER],
          ["model folder does not exist", "3d_fullres", "semi_nnUNet_train"]),
