@@ -75,8 +75,11 @@ def benchmark_context(scores: Dict[str, float]) -> str:
 
 
 def run_demo(workdir: str = "semi_nnunet_demo", trainers: Sequence[str] = DEFAULT_TRAINERS, device: str = "cpu",
-             num_processes: int = 2) -> Dict[str, float]:
-    """Run the whole demo in ``workdir``; returns test Dice per trainer and prints where everything is."""
+             num_processes: int = 2, verbose: bool = False) -> Dict[str, float]:
+    """Run the whole demo in ``workdir``; returns test Dice per trainer and prints where everything is. The console
+    shows one progress bar per training (nnU-Net's full log goes to each training's log file); ``verbose`` prints
+    nnU-Net's log lines instead."""
+    from semi_nnunet.utilities.environment import environment
     from semi_nnunet.dataset_conversion.synthetic import set_nnunet_paths
     workdir = os.path.abspath(workdir)
     paths = set_nnunet_paths(workdir)
@@ -96,8 +99,10 @@ def run_demo(workdir: str = "semi_nnunet_demo", trainers: Sequence[str] = DEFAUL
         if isfile(join(model, "fold_all", "checkpoint_final.pth")):
             print(f"[3/4] {trainer}: already trained ({model})")
         else:
-            print(f"[3/4] Training {trainer} on the labeled cases (fold 'all', device {device})")
-            train(DEMO_DATASET_ID, "2d", trainer, ["all"], device=device)
+            print(f"[3/4] Training {trainer} on the labeled cases (fold 'all', device {device}; log: "
+                  f"{join(model, 'fold_all', 'training_log_*.txt')})")
+            with environment({} if verbose else {"SEMI_NNUNET_PROGRESS": "bar"}):
+                train(DEMO_DATASET_ID, "2d", trainer, ["all"], device=device)
         print(f"[4/4] {trainer}: predicting the {len(os.listdir(join(raw, 'imagesTs')))} test images")
         scores[trainer] = predict_and_evaluate(model, join(raw, "imagesTs"), join(raw, "labelsTs"),
                                                join(workdir, "predictions", trainer), device)

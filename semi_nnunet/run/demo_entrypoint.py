@@ -17,10 +17,12 @@ def main(argv=None) -> None:
                              "HermesTrainer_demo, the method the packaged multi-seed benchmark shows best)")
     parser.add_argument("-device", default="cpu", choices=["cpu", "cuda", "mps"], help="default: cpu")
     parser.add_argument("-np", type=int, default=2, help="worker processes (default: 2)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="print nnU-Net's log lines instead of one progress bar per training")
     args = parse(parser, argv)
     from semi_nnunet.demo_api import DEFAULT_TRAINERS, run_demo
     try:
-        run_demo(args.output, args.tr or DEFAULT_TRAINERS, args.device, args.np)
+        run_demo(args.output, args.tr or DEFAULT_TRAINERS, args.device, args.np, args.verbose)
     except (DatasetError, ValueError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(2)

@@ -27,6 +27,9 @@ def main(argv=None) -> None:
     parser.add_argument("--val", action="store_true", help="only run the final validation")
     parser.add_argument("--val_best", action="store_true", help="validate with checkpoint_best instead of final")
     parser.add_argument("--npz", action="store_true", help="save softmax outputs of the validation (ensembling)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="print nnU-Net's log lines (default: one progress bar per training with the loss and "
+                             "pseudo-Dice; the full log is in the fold folder's training_log_*.txt either way)")
     parser.add_argument("--disable_checkpointing", action="store_true",
                         help="write no checkpoints (as nnU-Net: for testing; nothing can be continued or predicted)")
     parser.add_argument("--optimizer", default=None,
@@ -54,13 +57,15 @@ def main(argv=None) -> None:
 
     from semi_nnunet.train_api import train
     from semi_nnunet.trainers.lookup import with_optimizer
+    from semi_nnunet.utilities.environment import environment
     try:
         trainer, folds = trainer_and_folds(args)
-        outputs = train(args.dataset, args.configuration, with_optimizer(trainer, args.optimizer),
-                        folds or None, args.p, args.device,
-                        args.c, args.val, args.npz, args.num_gpus, args.pretrained_weights, args.val_best,
-                        args.stages, args.dry_run, 1, args.stop_agreement, args.finetune, args.seed,
-                        executor=executor_options(args), disable_checkpointing=args.disable_checkpointing)
+        with environment({} if args.verbose else {"SEMI_NNUNET_PROGRESS": "bar"}):
+            outputs = train(args.dataset, args.configuration, with_optimizer(trainer, args.optimizer),
+                            folds or None, args.p, args.device,
+                            args.c, args.val, args.npz, args.num_gpus, args.pretrained_weights, args.val_best,
+                            args.stages, args.dry_run, 1, args.stop_agreement, args.finetune, args.seed,
+                            executor=executor_options(args), disable_checkpointing=args.disable_checkpointing)
     except InputError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(2)

@@ -60,6 +60,11 @@ PREEMPTION_SIGNAL = getattr(signal, "SIGUSR1", None)  # None on Windows: nothing
 _NO_ATTRIBUTE = object()
 
 
+def progress_bar_mode() -> bool:
+    """True when the console shows one bar per training instead of nnU-Net's per-epoch log lines."""
+    return os.environ.get("SEMI_NNUNET_PROGRESS", "") == "bar"
+
+
 def snapshot_name(epoch: int) -> str:
     """The file a snapshot after ``epoch`` epochs is saved as (see ``ScheduleMixin.snapshot_epochs``)."""
     return f"checkpoint_epoch{epoch}.pth"
@@ -119,6 +124,34 @@ class ScheduleMixin:
         super().on_epoch_end()
         for listener in list(EPOCH_LISTENERS):
             listener(self)
+        self._update_progress_bar()
+
+    # ------------------------------------------------------------------ one progress bar instead of the epoch log
+    def print_to_log_file(self, *args, also_print_to_console=True, add_timestamp=True):
+        """With ``SEMI_NNUNET_PROGRESS=bar`` (what our commands set unless ``--verbose``) nnU-Net's log lines go to the
+        training's log file only; the console shows one progress bar per training."""
+        if progress_bar_mode():
+            also_print_to_console = False
+        super().print_to_log_file(*args, also_print_to_console=also_print_to_console, add_timestamp=add_timestamp)
+
+    def _update_progress_bar(self) -> None:
+        if not progress_bar_mode() or EPOCH_LISTENERS or self.local_rank != 0:
+            return  # the benchmark draws its own bar through EPOCH_LISTENERS
+        bar = getattr(self, "_progress_bar", None)
+        if bar is None:
+            from tqdm import tqdm
+            bar = self._progress_bar = tqdm(total=self.num_epochs, initial=self.current_epoch - 1, unit="epoch",
+                                            desc=f"{type(self).__name__} fold {self.fold}", dynamic_ncols=True)
+        bar.update(1)
+        log = getattr(self.logger, "local_logger", self.logger).my_fantastic_logging
+        shown = {}
+        for key, name in (("train_losses", "loss"), ("ema_fg_dice", "pseudo_dice")):
+            if log.get(key):
+                shown[name] = f"{float(log[key][-1]):.4f}"
+        bar.set_postfix(shown)
+        if self.current_epoch >= self.num_epochs:
+            bar.close()
+            self._progress_bar = None
 
     def save_checkpoint(self, filename: str) -> None:
         if self.local_rank != 0 or self.disable_checkpointing:
@@ -133,6 +166,10 @@ class ScheduleMixin:
             super().run_training()
         finally:  # also when the training fails: no handler of a finished trainer stays installed
             self._restore_preemption_handler()
+            bar = getattr(self, "_progress_bar", None)
+            if bar is not None:
+                bar.close()
+                self._progress_bar = None
 
     def on_train_start(self):
         in_main = PREEMPTION_SIGNAL is not None and threading.current_thread() is threading.main_thread()

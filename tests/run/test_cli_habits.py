@@ -88,3 +88,23 @@ def test_predict_invocations(planned, capsys, case):
     assert got == 2 and "unrecognized arguments" not in text, text
     for piece in says:
         assert piece in text, text
+
+
+def test_training_shows_one_progress_bar_and_logs_everything_to_the_file(planned, capfd, monkeypatch):
+    """The default console: a bar per training with loss and pseudo-Dice, none of nnU-Net's epoch lines (they are in
+    the log file); --verbose gives nnU-Net's output as before."""
+    import glob
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    results = os.path.join(planned["nnUNet_results"], "Dataset987_Synthetic2D", f"{TRAINER}__nnUNetPlans__2d")
+    for fold, verbose in (("0", False), ("1", True)):
+        train_main(["987", "2d", TRAINER, fold, "-device", "cpu"] + (["--verbose"] if verbose else []))
+        captured = capfd.readouterr()
+        log = "".join(open(f).read() for f in glob.glob(os.path.join(results, f"fold_{fold}", "training_log_*.txt")))
+        assert "Epoch 1" in log and "train_loss" in log  # the full log, either way
+        if verbose:
+            assert "Epoch 1" in captured.out and f"{TRAINER} fold {fold}" not in captured.err
+        else:
+            assert "Epoch 1" not in captured.out and "train_loss" not in captured.out
+            assert f"{TRAINER} fold {fold}" in captured.err and "2/2" in captured.err
+            assert "loss=" in captured.err and "pseudo_dice=" in captured.err
+    assert "SEMI_NNUNET_PROGRESS" not in os.environ  # set for the command only
