@@ -348,14 +348,14 @@ def truncated_pretrained_weights(c):
 def predict_truncated_checkpoint(c):
     model = c.model_copy("Cut")
     truncate(join(model, "fold_0", "checkpoint_final.pth"))
-    return "predict", c.predict_argv("-m", model)
+    return "predict", c.predict_argv("-m", model, "-f", "0")
 
 
 def predict_checkpoint_of_another_dataset(c):
     model = c.model_copy("Moved")
     path = join(model, "fold_0", "checkpoint_final.pth")
     resave(path, path, init_args_dataset="Dataset999_Elsewhere")
-    return "predict", c.predict_argv("-m", model)
+    return "predict", c.predict_argv("-m", model, "-f", "0")
 
 
 def predict_folds_of_two_trainers(c):
@@ -372,7 +372,7 @@ def predict_unsafe_checkpoint(c):
     ckpt = load_checkpoint_file(path)
     torch.save({**ckpt, "payload": Exploit(marker)}, path)
     c.cleanup.append(marker)  # must never exist: checked by the no-partial-output assertion
-    return "predict", c.predict_argv("-m", model)
+    return "predict", c.predict_argv("-m", model, "-f", "0")
 
 
 # arguments --------------------------------------------------------------------------------------------------------
