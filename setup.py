@@ -31,7 +31,7 @@ setup(
     extras_require={
         "ray": ["ray>=2.9"],  # --executor ray, --parallel: a local instance or a cluster (documentation/cluster.md)
         "slurm": ["submitit>=1.5"],  # --executor slurm: one job per task, afterok dependencies, requeue on USR1
-        "test": ["pytest>=7", "ray>=2.9", "submitit>=1.5"],
+        "test": ["pytest>=7", "ray>=2.9", "submitit>=1.5", "wandb"],  # wandb: nnU-Net's W&B logging, offline
     },
     entry_points={
         "console_scripts": [
