@@ -17,11 +17,11 @@ HCO-SGD (Alg. 2)::
     m <- b1 m + gL ;  mL = m ;  phi = 1[mL * gU > 0] ;  m <- b1 m + gU * phi_bar
     w <- w - lr mL - lr phi_bar * m ;  w <- w - lr wd w
 
-Resolved ambiguities (spec section g): per-tensor mask mean, ``eps_mask = 1e-3`` (not the Adam eps), one mask as
+Where the paper is ambiguous: per-tensor mask mean, ``eps_mask = 1e-3`` (not the Adam eps), one mask as
 printed in Alg. 1 (``second_mask=True`` adds Remark 1's ``1[u * gU > 0]``), refined moments persist, decoupled weight
 decay after the update, and phi_bar (not phi) enters the SGD momentum as Alg. 2 prints it.
 
-Parameters the labeled loss does not reach (``gL is None``, spec pitfall P3: e.g. a projection head only unlabeled
+Parameters the labeled loss does not reach (``gL is None``, pitfall P3: e.g. a projection head only unlabeled
 losses use) would never move under HCO (``uL = 0`` masks everything), so they take a plain base-optimizer step on
 ``gU``. Parameters with no unlabeled gradient (``gU is None``) take a plain base step on ``gL``. A zero unlabeled
 gradient tensor follows the algorithm (HCO-AdamW then equals AdamW; HCO-SGD decays its momentum twice).
@@ -47,7 +47,7 @@ def _check(lr, betas=None, eps=None, weight_decay=0.0, mask_eps=1e-3, momentum=N
     if weight_decay < 0:
         raise ValueError(f"Invalid weight_decay {weight_decay}: must be >= 0")
     if not 0 < mask_eps <= 1:
-        raise ValueError(f"Invalid mask_eps {mask_eps}: must be in (0, 1] (the clamp of the mask mean; spec: 1e-3)")
+        raise ValueError(f"Invalid mask_eps {mask_eps}: must be in (0, 1] (the clamp of the mask mean; default 1e-3)")
     if momentum is not None and not 0.0 <= momentum < 1.0:
         raise ValueError(f"Invalid momentum {momentum}: must be in [0, 1)")
 

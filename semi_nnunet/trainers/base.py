@@ -400,7 +400,7 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
         return sup.detach(), unsup.detach(), logs
 
     def hco_update_step(self, labeled: dict, unlabeled: dict) -> Losses:
-        """HCO: the labeled and unlabeled gradients kept apart (spec wiring B: labeled forward and backward, gradients
+        """HCO: the labeled and unlabeled gradients kept apart (wiring B: labeled forward and backward, gradients
         set aside by pointer swap, then unlabeled forward and backward; no extra FLOPs). AMP: both sets unscaled by
         hand, their norms taken once for the finiteness check and the clipping (each set to nnU-Net's max norm 12)."""
         params = self._step_params()

@@ -15,16 +15,16 @@ classification with dual-threshold pseudo-labels, contrast at pixel and image le
 * ``L_c^seg``: supervised pixel InfoNCE (Eq. 11, temperature 0.07) on ``normalize(head(stride-8 encoder map))``
   averaged over the two views; anchors = reliable pixels (pseudo-labels nearest-resized), <= 1024 per batch and <= 100
   per (image, class), half hard (strong prediction != pseudo-label), half easy. Optional memory bank of negatives
-  (``memory_bank_size`` per class; off by default, the released code has none: spec g.5).
+  (``memory_bank_size`` per class; off by default, the released code has none).
 * ``L_c^cls``: SupCon over weak+strong image embeddings (MLP 512-256-128 on the pooled ResNet feature), positives =
   same pseudo-class, each anchor weighted by its image's reliability (Eq. 12-13 as the code reads them).
 * ``L_itc = 1 - cos(h_c(F_cls), h_s(GAP(deepest encoder map)))`` on the strong view (Eq. 14), 128-d (paper).
 * Inter-task attention: decoder features at strides 2/4/8 and the stride-16 encoder map (nearest available stage,
-  resized; **detached**, spec e) gate the ResNet-18 after its stem, layer1, layer2, layer3 — on every classifier
+  resized; **detached**) gate the ResNet-18 after its stem, layer1, layer2, layer3 — on every classifier
   forward (labeled, weak, strong and in :meth:`classify`), so training and inference run the same classifier.
 * Saliency module (``use_saliency``, off by default): ``[x; max_c |d max_k f_c(x)_k / dx|]`` added through a
   zero-initialised 1x1 conv to the stride-4 decoder stage. Off because nnU-Net's predictor runs ``network_weights``
-  alone and could not supply the saliency at inference (and the released code has it off by default, spec d).
+  alone and could not supply the saliency at inference (and the released code has it off by default).
 * Weights: paper values (lambda_seg 0.5, lambda_cls 1, alpha 0.8, beta 0.2, gamma 0.1, w_u 1). The whole of Eq. 15 is
   divided by lambda_seg so the U-Net's supervised term keeps nnU-Net's weight 1 (its SGD learning rate was tuned for
   that); every relative weight, which is what the paper's per-network Adam optimizers see, is unchanged.
@@ -175,7 +175,7 @@ class HermesTrainer(SemiSupervisedTrainer):
             modules["memory_bank"] = MemoryBank(self.label_manager.num_segmentation_heads, self.memory_bank_size,
                                                 self.pixel_dim)
         inject = None
-        if self.has_classifier:  # decoder outputs at strides 2/4/8, the encoder map at stride 16 (spec e)
+        if self.has_classifier:  # decoder outputs at strides 2/4/8, the encoder map at stride 16
             self._attention_stages = [(layout.nearest_stage(s, decoded), True) for s in CLASSIFIER_TAPS[:3]] + \
                                      [(layout.nearest_stage(CLASSIFIER_TAPS[3], stages), False)]
             channels = [layout.channels[i] for i, _ in self._attention_stages] if self.use_attention else None
@@ -194,7 +194,7 @@ class HermesTrainer(SemiSupervisedTrainer):
 
     def auxiliary_learning_rates(self) -> Dict[str, float]:
         """The classifier trains at ``classifier_lr`` (paper: 1e-4 from ImageNet weights); without weights at the
-        U-Net's rate (a random ResNet at 1e-4 would barely move: spec e's judgement call)."""
+        U-Net's rate (a random ResNet at 1e-4 would barely move: our judgement call)."""
         if not self.has_classifier:
             return {}
         lr = self.classifier_lr

@@ -11,7 +11,7 @@ co_sgd      Cautious SGD on the summed gradient (baseline of the HCO paper)
 co_adamw    Cautious AdamW on the summed gradient
 =========== ==========================================================================================
 
-HCO keeps the host's learning rate (as the paper does); ``hco_lr_scale`` multiplies it (spec pitfall P1).
+HCO keeps the host's learning rate (as the paper does); ``hco_lr_scale`` multiplies it (pitfall P1).
 ``lr_scale`` multiplies the rate of the other optimizers: ``<Trainer>_lrx<F>`` is the control that tells HCO's gating
 from its step size (HCO moves the weights farther per step than its base optimizer; ``update_norm`` in the log and
 ``benchmarks/hco_step_size.py`` measure by how much), i.e. the base optimizer at HCO's effective step.

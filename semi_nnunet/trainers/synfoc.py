@@ -16,7 +16,7 @@ w(t) = consistency_weight * exp(-5 (1 - t/T)^2) over the whole run (``rampup_fra
 (capped by the budget rule: a horizon of at most 2 % of the run, ``SemiSupervisedTrainer.teacher_decay``) with the
 ``min(1 - 1/(t+1), decay)`` warm-up for both teachers; SAM's teacher shares the frozen encoder and averages LoRA,
 prompt encoder and decoder. tau = 0.95. Optimizers: the U-Net keeps nnU-Net's (SGD 1e-2, poly; ``optimizer_name``),
-SAM gets AdamW 1.2e-4, weight decay 0.1, constant (SynFoC's published setting, spec g.2); one GradScaler and clip.
+SAM gets AdamW 1.2e-4, weight decay 0.1, constant (SynFoC's published setting); one GradScaler and clip.
 
 Resolutions: the U-Net works at nnU-Net's patch size; SAM sees the same patches mapped to [0, 1] (per image
 min-max of the weak view, so the strong view keeps its intensity change; clipped), resized bilinearly to
@@ -25,11 +25,11 @@ Strong view = weak view + brightness x U(0.1, 2), contrast x U(0.1, 2), Gaussian
 (SynFoC's three ops). HCO (``SynFoCTrainer_HCO``): trusted = L_sup^F + L_sup^U, untrusted = the w(t) term (the CutMix
 box content belongs to it); U-Net HCO-SGD, SAM HCO-AdamW.
 
-Resolved ambiguities: the code is the spec (g.1); SAM lr 1.2e-4 constant (g.2); the U-Net is the model nnU-Net
-predicts with, SAM is only saved for resume (g.3); LoRA on the fused qkv by peft (one rank-4 update of q, k and v
-instead of the code's separate q and v updates — same parameter count, g.4); fusion bilinear, CDCR nearest (g.5);
-mutual confidence at SAM's resolution (g.6); per-sample Dice over foreground classes, 1 when both empty (g.7); CE
-averaged over all pixels (g.8); the masked Dice masks every class (the code's background term is unmasked); the
+Resolved ambiguities: the released code decides where it and the paper differ; SAM lr 1.2e-4 constant; the U-Net
+is the model nnU-Net predicts with, SAM is only saved for resume; LoRA on the fused qkv by peft (one rank-4 update of
+q, k and v instead of the code's separate q and v updates — same parameter count); fusion bilinear, CDCR nearest;
+mutual confidence at SAM's resolution; per-sample Dice over foreground classes, 1 when both empty; CE averaged over
+all pixels; the masked Dice masks every class (the code's background term is unmasked); the
 labeled patch pasted into unlabeled sample i is labeled sample i mod B_l; unlabeled terms on the full-resolution
 U-Net output only. What the paper's results depend on and we keep: MedSAM weights, SMC fusion, tau, CutMix, CDCR,
 the SAM learning rate and the whole-run ramp.

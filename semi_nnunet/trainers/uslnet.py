@@ -7,13 +7,13 @@
   0 background / 1 foreground / 2 uncertain (saliency or probability between 0.35 and 0.65, or dropped by the
   connectivity / centrality rules). Cycle 1 trains on ``l_0`` from CCAM saliency, cycle n >= 2 on the cycle n-1
   network's prediction passed through the same module (``semi_nnunet.uslnet.cycles`` makes them).
-* Uncertain = nnU-Net's **ignore label** [rec, spec e]: the trainer declares ``"ignore": 2`` in its in-memory
+* Uncertain = nnU-Net's **ignore label** [our reading]: the trainer declares ``"ignore": 2`` in its in-memory
   dataset.json, so nnU-Net's own ``DC_and_CE_loss(ignore_label=2)`` (deep supervision kept) gives those pixels no
   loss and zero gradient, nnU-Net's validation scores certain pixels only, and its loader samples patches from
   annotated pixels. The results folder gets the raw dataset.json (background + foreground), so nnU-Net's predictor,
   ensembling and evaluation see an ordinary two-class model.
-* ``dice_weight`` [rec, spec ambiguity 3]: 1 = nnU-Net's CE + Dice (default), 0 = the partial CE alone.
-* Segmentation network [deviation, spec e]: nnU-Net's planned U-Net instead of the paper's ResNet-50 + FCN, trained
+* ``dice_weight`` [our reading]: 1 = nnU-Net's CE + Dice (default), 0 = the partial CE alone.
+* Segmentation network [deviation]: nnU-Net's planned U-Net instead of the paper's ResNet-50 + FCN, trained
   with nnU-Net's defaults (the paper gives no optimizer or augmentation); ``schedule`` = 300 epochs per cycle (seed
   summary: 5 cycles x 300 epochs).
 * No ground truth: the supervised part is zero and the pseudo-labeled batch (from nnU-Net's own training loader over
@@ -71,10 +71,10 @@ class USLNetTrainer(SemiSupervisedTrainer):
     # --- saliency stage: backbone, MoCo v2 [MoCo v2 defaults], CCAM [CCAM code] ---
     backbone: str = "resnet50"  # [seed summary] ResNet-50; resnet18/34/101; resnet10_w16 (CPU tests only)
     moco_checkpoint: Optional[str] = None  # user checkpoint (MoCo format or torchvision ResNet); None: pre-train
-    saliency_image_size: int = 224  # [rec] images resized to this square for MoCo / CCAM (spec: 224 or 256)
+    saliency_image_size: int = 224  # [rec] images resized to this square for MoCo / CCAM (MoCo and CCAM use 224 or 256)
     moco_epochs: int = 200
     moco_batch_size: int = 32  # [rec] MoCo's 256 does not fit one GPU with ResNet-50; lr scales with it
-    moco_queue: int = 4096  # [rec] spec: <= 4096 for small datasets; also capped by the dataset size
+    moco_queue: int = 4096  # [rec] at most 4096 for small datasets; also capped by the dataset size
     moco_momentum: float = 0.999
     moco_temperature: float = 0.2
     ccam_epochs: int = 10

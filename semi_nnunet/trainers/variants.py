@@ -37,7 +37,7 @@ class SemiCervixTrainer_2epochs_2it(SemiCervixTrainer):
 
 
 class SemiCervixTrainer_softmax(SemiCervixTrainer):
-    """Consistency on probabilities instead of logits (bounded; spec ambiguity 2)."""
+    """Consistency on probabilities instead of logits (bounded; where the paper is ambiguous)."""
     cons_space = "softmax"
 
 

@@ -1,4 +1,4 @@
-"""CCAM: class-agnostic activation maps as USL-Net's saliency (spec (b), from the official code CVI-SZU/CCAM).
+"""CCAM: class-agnostic activation maps as USL-Net's saliency (from the official code CVI-SZU/CCAM).
 
 [CCAM code] ``Z = concat(layer4, layer3)`` of the ResNet trunk with layer4 at stride 1 (stride 16 overall). Head:
 conv3x3 (C -> 1, no bias) -> BN(1) -> sigmoid = ``A``. Per image ``v_fg = mean_p A_p Z_p``, ``v_bg = mean_p (1 - A_p)
@@ -12,13 +12,13 @@ Z_p``; cosine similarities clamped to [5e-4, 0.9995]::
 (power 0.9), momentum 0.9, Nesterov, weight decay 1e-4; learning rates: trunk weights ``lr``, trunk biases 2 ``lr``
 (no decay), head weights 10 ``lr``, head biases 20 ``lr`` (no decay); horizontal flips; ImageNet normalisation.
 
-Polarity [rec, spec ambiguity 8]: the loss is symmetric in fg/bg, so the head may light up the background. The code
+Polarity [our reading]: the loss is symmetric in fg/bg, so the head may light up the background. The code
 decides from the first image at iteration 100; we decide after training from **all** images: binarise ``A`` at 0.5,
 and if more than half of the border pixels (four border rows/columns of every map) are "foreground", the map is
 flipped (``A <- 1 - A``; for the raw head output: negated).
 
 Saliency [CCAM code]: raw head output (BN, before the sigmoid), negated if flipped, ReLU, plus the same for the
-horizontally flipped image (flipped back), summed over ``scales`` (0.5, 1, 1.5, 2; an attribute, spec ambiguity 7),
+horizontally flipped image (flipped back), summed over ``scales`` (0.5, 1, 1.5, 2; an attribute),
 resized to the case's size, divided by its maximum -> ``S`` in [0, 1].
 
 Resizing [rec]: a PyTorch ResNet's feature cell ``i`` is centred on input pixel ``16 i`` (its padded stride-2 convs

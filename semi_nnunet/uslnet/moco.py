@@ -1,6 +1,6 @@
 """MoCo v2 pre-training of the ResNet trunk on the dataset's own images (used when no checkpoint is supplied).
 
-Standard MoCo v2 [MoCo v2 defaults, spec (b)/(c)]: query encoder = trunk + global pooling + MLP head
+Standard MoCo v2 [MoCo v2 defaults]: query encoder = trunk + global pooling + MLP head
 (C -> C -> ``dim`` = 128); key encoder = its EMA (``m`` = 0.999); InfoNCE against a queue of keys with temperature
 ``tau`` = 0.2::
 
@@ -11,7 +11,7 @@ RandomResizedCrop (scale 0.2-1), ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscal
 0.1-2 px at 224 px, scaled with the image size [rec]) p 0.5, horizontal flip.
 
 Our resolutions [rec]: the queue holds at most ``max(B, N - B)`` keys for a dataset of N images (a longer queue
-would hold several stale keys of every image, the positive's own among the negatives; spec: a small queue for small
+would hold several stale keys of every image, the positive's own among the negatives; hence a small queue for small
 datasets); no shuffling BN (it needs several processes; single-device MoCo implementations skip it); the
 pre-training is resumable (``moco_latest.pth`` every epoch) and ends in ``moco_encoder.pth`` = ``{"encoder": trunk
 weights, "arch": ...}``, the format :func:`~semi_nnunet.uslnet.backbone.load_backbone_weights` reads.

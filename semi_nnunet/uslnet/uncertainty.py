@@ -6,7 +6,7 @@ nnU-Net keeps it; its augmentation turns it into background).
 
 * :func:`three_way_split` [paper, seed summary]: ``l = 1 if S > 0.65; 0 if S < 0.35; uncertain otherwise``, on a map
   in [0, 1] (the normalised saliency in cycle 1; the network's foreground probability in later cycles, with no
-  re-normalisation [rec], spec ambiguity 6). The thresholds are strict: 0.65 and 0.35 themselves are uncertain.
+  re-normalisation [rec]). The thresholds are strict: 0.65 and 0.35 themselves are uncertain.
 * :func:`clean_foreground` [rec] (the paper names connectivity and centrality detection; its rules were not
   available): 8-connected foreground components; components smaller than ``min_component_fraction`` (10 %) of the
   largest are dropped; of the rest, the one whose centroid is nearest the image centre is kept. Dropped pixels
