@@ -20,7 +20,10 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, monkeypatch, capsys):
     unlabeled = workdir / "nnUNet_preprocessed" / "Dataset990_HC18Demo" / "nnUNetPlans_2d_unlabeled"
     assert len([f for f in os.listdir(unlabeled) if f.endswith(".pkl")]) == \
         len(os.listdir(os.path.join(DEMO_DATA, "unlabeled")))
-    assert f"Results are in {workdir}" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert f"Results are in {workdir}" in captured.out and "Test Dice" in captured.out  # the closing table
+    assert "nnUNetTrainer_2epochs_2it fold all" in captured.err  # one progress bar per training ...
+    assert "Epoch 1" not in captured.out and "train_loss" not in captured.out  # ... not nnU-Net's epoch log
 
     again = run_demo(str(workdir), trainers=("nnUNetTrainer_2epochs_2it",), num_processes=1)
     assert again == scores
