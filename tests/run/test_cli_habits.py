@@ -90,6 +90,7 @@ def test_predict_invocations(planned, capsys, case):
         assert piece in text, text
 
 
+@pytest.mark.slow  # two short trainings (the demo test checks the bar in the default suite)
 def test_training_shows_one_progress_bar_and_logs_everything_to_the_file(planned, capfd, monkeypatch):
     """The default console: a bar per training with loss and pseudo-Dice, none of nnU-Net's epoch lines (they are in
     the log file); --verbose gives nnU-Net's output as before."""
