@@ -40,13 +40,20 @@ RECORD = "ensemble.json"
 CLASSES_FOLDER = ".semi_nnunet_classes"  # per-case class probabilities (classes.csv is rebuilt from them)
 
 
-def load_predictor(member: Member, device: torch.device, use_mirroring: bool = True):
-    """An ``nnUNetPredictor`` holding the member's network and the weights of each of its folds."""
+def load_predictor(member: Member, device: torch.device, use_mirroring: bool = True, step_size: float = 0.5,
+                   on_device: bool = True):
+    """An ``nnUNetPredictor`` holding the member's network and the weights of each of its folds (``step_size``: the
+    sliding window's step as a fraction of the patch, nnU-Net's 0.5; ``on_device=False``: nnU-Net's
+    ``--not_on_device``, the prediction of a whole image kept in CPU memory)."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     from semi_nnunet.trainers.lookup import register_with_nnunet
     register_with_nnunet()  # nnU-Net's predictor finds our trainer classes by name
-    predictor = nnUNetPredictor(use_mirroring=use_mirroring, perform_everything_on_device=device.type == "cuda",
+    if not 0 < step_size <= 1:
+        raise PredictionError(f"-step_size {step_size} must be in (0, 1] (a fraction of the patch size).", "-step_size",
+                              "use nnU-Net's default 0.5, or up to 1 for faster, less overlapping windows.")
+    predictor = nnUNetPredictor(tile_step_size=step_size, use_mirroring=use_mirroring,
+                                perform_everything_on_device=device.type == "cuda" and on_device,
                                 device=device, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(member.folder, tuple(member.folds), member.checkpoint)
     if predictor.configuration_manager.previous_stage_name is not None:
@@ -124,8 +131,11 @@ def _group_key(predictor) -> str:
     return hashlib.sha1(plans.encode()).hexdigest() + predictor.configuration_manager.configuration.__repr__()
 
 
-def _record(members: Sequence[Member], average: str, use_mirroring: bool) -> dict:
-    return {"members": [m.describe() for m in members], "average": average, "mirroring": use_mirroring}
+def _record(members: Sequence[Member], average: str, use_mirroring: bool, step_size: float = 0.5) -> dict:
+    record = {"members": [m.describe() for m in members], "average": average, "mirroring": use_mirroring}
+    if step_size != 0.5:  # nnU-Net's default is left out, so records written before -step_size still match
+        record["step_size"] = step_size
+    return record
 
 
 def _check_output_folder(output_folder: str, record: dict, overwrite: bool) -> None:
@@ -141,7 +151,7 @@ def _check_output_folder(output_folder: str, record: dict, overwrite: bool) -> N
 def predict(input_folder: str, output_folder: str, members: Sequence[Member], dataset=None,
             save_probabilities: bool = False, use_mirroring: bool = True, average: str = "probabilities",
             device: str = "cuda", overwrite: bool = False, show_progress: bool = True, num_parts: int = 1,
-            part_id: int = 0) -> List[str]:
+            part_id: int = 0, step_size: float = 0.5, on_device: bool = True) -> List[str]:
     """Predict every case of ``input_folder`` with the ensemble of ``members`` into ``output_folder``.
     Returns the cases predicted in this call (finished ones are skipped unless ``overwrite``).
 
@@ -158,7 +168,7 @@ def predict(input_folder: str, output_folder: str, members: Sequence[Member], da
     dataset_json = load_json(join(members[0].folder, "dataset.json"))
     ending = dataset_json["file_ending"]
     cases = input_cases(input_folder, dataset_json)
-    record = _record(members, average, use_mirroring)
+    record = _record(members, average, use_mirroring, step_size)
     _check_output_folder(output_folder, record, overwrite)
 
     torch_device = torch.device(device)
@@ -182,7 +192,7 @@ def predict(input_folder: str, output_folder: str, members: Sequence[Member], da
     groups: Dict[str, _Group] = {}
     member_group = {}
     for m in members:
-        predictor = load_predictor(m, torch_device, use_mirroring)
+        predictor = load_predictor(m, torch_device, use_mirroring, step_size, on_device)
         key = _group_key(predictor)
         if key in groups:
             groups[key].predictors.append(predictor)

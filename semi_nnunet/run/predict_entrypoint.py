@@ -41,6 +41,17 @@ def main(argv=None) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="redo finished cases / replace another ensemble's output")
     parser.add_argument("-device", default="cuda", choices=["cpu", "cuda", "mps"], help="default: cuda")
+    parser.add_argument("-step_size", type=float, default=0.5,
+                        help="sliding-window step as a fraction of the patch size (nnU-Net's default 0.5)")
+    parser.add_argument("--not_on_device", action="store_true",
+                        help="keep each image's prediction in CPU memory (nnU-Net's flag, for very large images)")
+    parser.add_argument("--disable_progress_bar", action="store_true", help="no progress bar")
+    parser.add_argument("-npp", type=int, default=None,
+                        help="accepted for nnUNetv2_predict scripts: the next case is always preprocessed in a "
+                             "background thread while one is predicted")
+    parser.add_argument("-nps", type=int, default=None,
+                        help="accepted for nnUNetv2_predict scripts: segmentations are exported in a background thread")
+    parser.add_argument("--verbose", action="store_true", help="accepted for nnUNetv2_predict scripts")
     parser.add_argument("-num_parts", "--num_parts", "--num-parts", dest="num_parts", type=int, default=1,
                         help="split the cases into this many parts (as nnUNetv2_predict); with -part_id this call "
                              "predicts one part, without it (and --executor ray or slurm) every part is a task")
@@ -72,7 +83,8 @@ def main(argv=None) -> None:
         if args.part_id is None and (executor.engine != "local" or num_parts > 1):
             predict_parts(args.i, args.o, members, num_parts, executor, args.d,
                           save_probabilities=args.save_probabilities, use_mirroring=not args.disable_tta,
-                          average=args.average, device=args.device, overwrite=args.overwrite)
+                          average=args.average, device=args.device, overwrite=args.overwrite,
+                          step_size=args.step_size, on_device=not args.not_on_device)
             print(f"Predicted {num_parts} part(s) into {args.o}")
             return
         if executor.engine != "local":
@@ -80,7 +92,8 @@ def main(argv=None) -> None:
                                   "-part_id / --executor", "drop -part_id to predict all parts with the executor, or "
                                                            "drop --executor.")
         done = predict(args.i, args.o, members, args.d, args.save_probabilities, not args.disable_tta, args.average,
-                       args.device, args.overwrite, num_parts=num_parts, part_id=args.part_id or 0)
+                       args.device, args.overwrite, not args.disable_progress_bar, num_parts, args.part_id or 0,
+                       args.step_size, not args.not_on_device)
     except InputError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(2)

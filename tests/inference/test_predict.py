@@ -328,3 +328,9 @@ def test_pseudo_labels_use_the_same_engine_and_save_confidence_and_entropy(train
     seg = np.asarray(nnUNetDatasetBlosc2(out, [case]).load_case(case)[1][:])
     assert np.array_equal(seg[0], probabilities.argmax(0).numpy())
     assert load_json(join(out, "provenance.json"))["maps"] is True
+
+
+@pytest.mark.parametrize("step", [0.0, 1.5, -0.2])
+def test_a_step_size_outside_the_patch_is_refused(step):
+    with pytest.raises(PredictionError, match=r"-step_size .* must be in \(0, 1\]"):
+        load_predictor(Member("/no/model/needed"), torch.device("cpu"), step_size=step)

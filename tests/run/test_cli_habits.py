@@ -78,10 +78,12 @@ def _predict_cases(model):
         (base + ["--save-probabilities", "--disable-tta", "-f", "0"], ["No fold of this model"]),
         (base + ["-num_parts", "2", "-part_id", "2"], ["-part_id 2 of -num_parts 2"]),
         (base + ["--num-parts", "2", "--part-id", "5"], ["-part_id 5 of -num_parts 2"]),
+        (base + ["-f", "0", "-step_size", "0.7", "-npp", "3", "-nps", "3", "--disable_progress_bar",
+                 "--not_on_device", "--verbose"], ["No fold of this model"]),  # nnUNetv2_predict's flags parse
     ]
 
 
-@pytest.mark.parametrize("case", range(5))
+@pytest.mark.parametrize("case", range(6))
 def test_predict_invocations(planned, capsys, case):
     argv, says = _predict_cases(planned["model"])[case]
     got, text = _run(predict_main, argv, capsys)
