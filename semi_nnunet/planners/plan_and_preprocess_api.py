@@ -197,8 +197,11 @@ def plan_and_preprocess(dataset_id, configurations: Sequence[str] = ("2d", "3d_f
                         planner: str = "ExperimentPlanner", plans_name: Optional[str] = None,
                         verify_dataset_integrity: bool = False, num_processes: Optional[int] = None,
                         gpu_memory_target_in_gb: Optional[float] = None, preprocess: bool = True,
-                        show_progress: bool = True, replace_plans: bool = False) -> dict:
+                        show_progress: bool = True, replace_plans: bool = False,
+                        fingerprint_processes: Optional[int] = None, clean: bool = False) -> dict:
     """The whole of ``semi_nnUNet_plan_and_preprocess``. Returns a summary (plans identifier, counts, folders).
+    ``fingerprint_processes``: nnU-Net's ``-npfp`` (default: ``num_processes``); ``clean``: nnU-Net's ``--clean``,
+    the fingerprint is extracted again even when current.
 
     Plans that exist under the same identifier and come out different (other settings, or changed labeled data) are
     kept and the run refused, unless ``replace_plans``: they are what the trainings from them use."""
@@ -213,7 +216,7 @@ def plan_and_preprocess(dataset_id, configurations: Sequence[str] = ("2d", "3d_f
     try:
         return _plan_and_preprocess(dataset_name, configurations, planner, plans_name, verify_dataset_integrity,
                                     num_processes, gpu_memory_target_in_gb, preprocess, show_progress,
-                                    replace_plans)
+                                    replace_plans, fingerprint_processes or num_processes, clean)
     except InputError:
         if created:  # bad input found part-way (by nnU-Net's extractor or the preprocessor): no partial output
             shutil.rmtree(preprocessed_folder, ignore_errors=True)
@@ -223,7 +226,8 @@ def plan_and_preprocess(dataset_id, configurations: Sequence[str] = ("2d", "3d_f
 def _plan_and_preprocess(dataset_name: str, configurations: Sequence[str], planner: str, plans_name: Optional[str],
                          verify_dataset_integrity: bool, num_processes: int,
                          gpu_memory_target_in_gb: Optional[float], preprocess: bool, show_progress: bool,
-                         replace_plans: bool) -> dict:
+                         replace_plans: bool, fingerprint_processes: Optional[int] = None,
+                         clean: bool = False) -> dict:
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     raw_folder = join(str(nnUNet_raw), dataset_name)
@@ -248,8 +252,8 @@ def _plan_and_preprocess(dataset_name: str, configurations: Sequence[str], plann
     #    labeled case (e.g. for USL-Net) is planned from its unlabeled images (semi_nnunet.planners.label_free)
     preprocessed_folder = join(str(nnUNet_preprocessed), dataset_name)
     before = _json_files(preprocessed_folder)
-    extract_fingerprint_if_needed(dataset_name, labeled_files, ds.dataset_json, num_processes, label_free=label_free,
-                                  labeled_cases=ds.labeled)
+    extract_fingerprint_if_needed(dataset_name, labeled_files, ds.dataset_json, fingerprint_processes or num_processes,
+                                  force=clean, label_free=label_free, labeled_cases=ds.labeled)
     plans_identifier = plan(dataset_name, planner, plans_name, gpu_memory_target_in_gb, label_free=label_free)
     if not replace_plans:
         _refuse_changed_plans(preprocessed_folder, plans_identifier, before)

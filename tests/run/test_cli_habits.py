@@ -111,3 +111,23 @@ def test_training_shows_one_progress_bar_and_logs_everything_to_the_file(planned
             assert f"{TRAINER} fold {fold}" in captured.err and "2/2" in captured.err
             assert "loss=" in captured.err and "pseudo_dice=" in captured.err
     assert "SEMI_NNUNET_PROGRESS" not in os.environ  # set for the command only
+
+
+def test_plan_invocations(module_paths, capsys):
+    from semi_nnunet.dataset_conversion.synthetic import make_synthetic_dataset
+    from semi_nnunet.run.plan_and_preprocess_entrypoint import main as plan_main
+    make_synthetic_dataset(module_paths["nnUNet_raw"], 984, dim=2, num_labeled=4, num_unlabeled=1, shape=(32, 32))
+    fingerprint = os.path.join(module_paths["nnUNet_preprocessed"], "Dataset984_Synthetic2D",
+                               "dataset_fingerprint.json")
+    code, text = _run(plan_main, ["-d", "984", "-c", "2d", "-np", "1", "-npfp", "1", "--no_pbar"], capsys)
+    assert code == 0, text
+    before = os.path.getmtime(fingerprint)
+    code, text = _run(plan_main, ["-d", "984", "-c", "2d", "-np", "1", "--no_pbar"], capsys)
+    assert code == 0 and os.path.getmtime(fingerprint) == before  # current: not extracted again
+    code, text = _run(plan_main, ["-d", "984", "-c", "2d", "-np", "1", "--clean", "--no-pbar"], capsys)
+    assert code == 0 and os.path.getmtime(fingerprint) > before, text  # --clean: extracted again
+    for argv, says in ((["-np", "1", "2"], "-np gives 2 numbers for 1 configurations"),
+                       (["-fpe", "MyExtractor"], "Unknown fingerprint extractor 'MyExtractor'"),
+                       (["-overwrite_target_spacing", "1", "1"], "-overwrite_target_spacing is not supported")):
+        code, text = _run(plan_main, ["-d", "984", "-c", "2d"] + argv, capsys)
+        assert code == 2 and says in text and "unrecognized arguments" not in text, text
