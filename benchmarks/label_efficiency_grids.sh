@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The converged, multi-seed label-efficiency grids recorded in documentation/benchmarks.md (issue: a benchmark that
 # can be trusted). Resumable: rerun the same script and only unfinished jobs run. Usage:
-#   DATA=/path/to/data WORK=/path/with/space bash benchmarks/label_efficiency_grids.sh [hc18|hc18_new|hc18_b160_base|hc18_b160_first|hc18_b160|hc18_b160_more|hippo|save] ...
+#   DATA=/path/to/data WORK=/path/with/space bash benchmarks/label_efficiency_grids.sh [hc18|hc18_new|hc18_b160_base|hc18_b160_first|hc18_b160_um0|hc18_b160_n20base|hc18_b160|hc18_b160_more|hippo|save] ...
 # Each grid is run by two workers (the same command started twice, each on its own core with one thread; a job's
 # lock file hands every job to one of them). Finished jobs' result files are kept in the repository
 # (documentation/benchmarks/<grid>/jobs/) and copied back into WORK first, so a fresh machine resumes the grid
@@ -75,6 +75,12 @@ for what in "${@:-hc18}"; do case $what in
     hc18_b160) grid hc18_b160 03d1c94 -d 832 -c 2d --labeled 5 all \
         -tr HermesTrainer SemiCervixTrainer UniMatchTrainer --no-hco --stages 1 \
         --epochs 160 --iterations 50 --repeats 3 ;;
+    # seed 0 of UniMatch and Hermes alone (they fit one session side by side), then the 20-labels baseline
+    hc18_b160_um0) grid hc18_b160 03d1c94 -d 832 -c 2d --labeled 5 all \
+        -tr UniMatchTrainer HermesTrainer --no-hco --stages 1 \
+        --epochs 160 --iterations 50 --repeats 1 ;;
+    hc18_b160_n20base) grid hc18_b160 03d1c94 -d 832 -c 2d --labeled 5 20 all -tr \
+        --epochs 160 --iterations 50 --repeats 3 ;;
     hc18_b160_more) grid hc18_b160 03d1c94 -d 832 -c 2d --labeled 5 all \
         -tr SelfTrainingTrainer_conf90 MeanTeacherTrainer_HCO MeanTeacherTrainer MeanTeacherTrainer_lrx1p6 \
         SelfTrainingTrainer SemiCervixTrainer_uniform --no-hco --stages 1 \
@@ -82,5 +88,5 @@ for what in "${@:-hc18}"; do case $what in
     hippo) grid hippo_grid d68d24c -d 840 -c 3d_fullres --labeled 10 -tr MeanTeacherTrainer --no-hco \
         --epochs 30 --iterations 50 --repeats 3 ;;
     save) save ;;
-    *) echo "unknown grid $what (hc18, hc18_new, hc18_b160_base, hc18_b160_first, hc18_b160, hc18_b160_more, hippo, save)"; exit 2 ;;
+    *) echo "unknown grid $what (hc18, hc18_new, hc18_b160_base, hc18_b160_first, hc18_b160_um0, hc18_b160_n20base, hc18_b160, hc18_b160_more, hippo, save)"; exit 2 ;;
 esac; done
