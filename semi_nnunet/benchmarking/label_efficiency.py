@@ -401,17 +401,60 @@ def load_results(grid: Grid) -> List[dict]:
     """The result files of the grid's finished jobs, and of the jobs an earlier call ran in the same folder with the
     same subset seed, budget and a training seed within ``repeats`` (e.g. more trainers at one n): the report
     describes everything measured there under these conditions."""
-    import glob
     own = [j.result_file for j in grid.jobs]
     found = [f for j, f in zip(grid.jobs, own) if j.done()]
     if grid.subsets:
         s = grid.subsets[0]
-        pattern = join(s.workdir, f"n*_subset{s.subset_seed}", "seed*", "jobs", "*.json")
-        for f in sorted(set(glob.glob(pattern)) - set(own)):
-            seed = os.path.basename(os.path.dirname(os.path.dirname(f)))[len("seed"):]
-            if seed.isdigit() and int(seed) < grid.repeats and grid.budget_tag in os.path.basename(f):
-                found.append(f)
+        found += sorted(set(result_files(s.workdir, s.subset_seed, grid.repeats, grid.budget_tag)) - set(own))
     return [load_json(f) for f in found]
+
+
+def result_files(folder: str, subset_seed: int, repeats: int, budget_tag: str) -> List[str]:
+    """Every job result under ``folder`` (``n<label>_subset<seed>/seed<t>/jobs/*.json``) with this subset seed, a
+    training seed below ``repeats`` and this budget."""
+    import glob
+    found = []
+    for f in sorted(glob.glob(join(folder, f"n*_subset{subset_seed}", "seed*", "jobs", "*.json"))):
+        seed = os.path.basename(os.path.dirname(os.path.dirname(f)))[len("seed"):]
+        if seed.isdigit() and int(seed) < repeats and budget_tag in os.path.basename(f):
+            found.append(f)
+    return found
+
+
+def _command_values(command: str, flag: str) -> List[str]:
+    """The values after ``flag`` in a recorded command line (up to the next option)."""
+    tokens, values = command.split(), []
+    if flag in tokens:
+        for t in tokens[tokens.index(flag) + 1:]:
+            if t.startswith("-") and not t.lstrip("-").replace(".", "").isdigit():
+                break
+            values.append(t)
+    return values
+
+
+def rewrite_report(folder: str, jobs: Optional[str] = None) -> dict:
+    """results.json/results.md/plots of a benchmark folder again, from its job result files (under ``jobs``, default
+    ``folder``), with this code: for a grid whose jobs ran on an older commit, or job results copied into a
+    repository (``benchmarks/label_efficiency_grids.sh save``). What the command chose is read from the recorded
+    command; nothing is trained or predicted."""
+    from semi_nnunet.benchmarking.report import aggregate, write_report
+    old = load_json(join(folder, "results.json"))
+    budget = old["budget"]
+    tag = f"_{budget['epochs']}epochs_{budget['iterations_per_epoch']}it" if budget.get("epochs") else ""
+    baseline = old["baseline"][:-len(tag)] if tag and old["baseline"].endswith(tag) else old["baseline"]
+    command = old.get("command", "")
+    meta = {k: old[k] for k in ("source", "configuration", "subset_seed", "empty_rule", "training_seeds", "device",
+                                "budget", "baseline", "jobs_total", "command", "date", "estimate",
+                                "wall_time_s_this_call") if k in old}
+    given = _command_values(command, "--labeled")
+    meta["labeled"] = parse_labeled(given) if given else old["labeled"]
+    chosen = _command_values(command, "-tr")
+    meta["trainers"] = list(dict.fromkeys([baseline + tag] + [t + tag for t in chosen] + (
+        [] if "--no-hco" in command.split() else [t + tag + "_HCO" for t in chosen if not t.endswith("_HCO")])))
+    files = result_files(jobs or folder, meta["subset_seed"], len(meta["training_seeds"]), tag)
+    results = aggregate(meta, [load_json(f) for f in files])
+    write_report(results, folder, quiet=True)
+    return results
 
 
 def run_job_once(job: Job) -> Optional[dict]:

@@ -96,8 +96,19 @@ def aggregate(meta: dict, results: List[dict]) -> dict:
     out["converged"] = None if not flags or any(f["converged"] is None for f in flags) else \
         all(f["converged"] for f in flags)
     out["total_train_time_s"] = float(sum(r["train_time_s"] for r in results))
-    out["jobs_done"], out["jobs_total"] = len(results), meta.get("jobs_total", len(results))
+    # jobs of this call's grid (results of earlier calls in the same folder are reported too, but not counted here)
+    seeds = {int(x) for x in meta.get("training_seeds", [])}
+    mine = [r for r in results if r["label"] in meta["labeled"] and r["trainer"] in meta["trainers"]
+            and int(r["train_seed"]) in seeds]
+    out["jobs_done"], out["jobs_total"] = len(mine), meta.get("jobs_total", len(mine))
+    out["results_in_folder"] = len(results)
     return out
+
+
+def portable(text: str) -> str:
+    """``text`` (a command, a dataset path) without this machine's folders: an absolute path becomes its last
+    component (``-o /work/bench/hc18_b160`` -> ``-o hc18_b160``), so a committed report names what a reader types."""
+    return " ".join(os.path.basename(os.path.normpath(t)) if os.path.isabs(t) else t for t in text.split(" "))
 
 
 # ---------------------------------------------------------------------------------------------------- Markdown
@@ -159,15 +170,19 @@ def markdown(results: dict) -> str:
     elif flags and all(f["converged"] for f in flags.values()):
         lines += [f"The supervised baseline converged at this budget: its test Dice at half and at the full budget "
                   f"differ by at most {100 * next(iter(flags.values()))['tolerance']:.1f} Dice points at every n.", ""]
-    lines += [f"Label efficiency on `{results['source']}` ({results['configuration']}); subset seed "
+    lines += [f"Label efficiency on `{portable(results['source'])}` ({results['configuration']}); subset seed "
               f"{results['subset_seed']} (which cases are labeled), training seeds "
               f"{', '.join(map(str, results['training_seeds']))}; device {results['device']}; budget: "
               + (f"{budget['epochs']} epochs x {budget['iterations_per_epoch']} iterations"
                  if budget["epochs"] else "each trainer's own schedule")
               + (f", pseudo-label stages: {budget['stages']}" if budget["stages"] is not None else "")
-              + f". Date {results['date']}. Jobs done: {results['jobs_done']} of {results['jobs_total']}. "
-              f"Total training time {results['total_train_time_s'] / 3600:.2f} h.", "",
-              f"Command: `{results['command']}`", ""]
+              + f". Date {results['date']}. Jobs of this command done: {results['jobs_done']} of "
+              f"{results['jobs_total']}"
+              + (f" (the report also holds {results['results_in_folder'] - results['jobs_done']} results of earlier "
+                 f"commands in the same folder)" if results.get("results_in_folder", 0) > results["jobs_done"]
+                 else "")
+              + f". Total training time {results['total_train_time_s'] / 3600:.2f} h.", "",
+              f"Command: `{portable(results['command'])}`", ""]
     if results.get("estimate"):
         from semi_nnunet.benchmarking.timing import format_duration
         e = results["estimate"]
@@ -331,7 +346,7 @@ def summary(results: dict) -> dict:
                          "gap_recovery_ci95": g["ci95"] if g and g.get("measurable", True) else None,
                          "time_per_iteration_ratio": row.get("time_per_iteration_ratio")})
     return {"dataset": os.path.basename(os.path.normpath(results["source"])), "date": results.get("date"),
-            "command": results.get("command"), "budget": results["budget"],
+            "command": portable(results["command"]) if results.get("command") else None, "budget": results["budget"],
             "configuration": results["configuration"], "training_seeds": results["training_seeds"],
             "converged": results.get("converged"), "jobs_done": results.get("jobs_done"),
             "jobs_total": results.get("jobs_total"), "baseline": _budget_free(baseline, results["budget"]),

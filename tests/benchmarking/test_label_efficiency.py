@@ -226,7 +226,7 @@ def test_report_from_job_results_without_training(tmp_path):
     meta = {"source": "/data/X", "configuration": "2d", "subset_seed": 0, "training_seeds": [0, 1, 2],
             "device": "cpu", "budget": {"epochs": 10, "iterations_per_epoch": 5, "stages": None},
             "baseline": "B", "trainers": ["B", "M"], "labeled": ["3", "all"], "jobs_total": 9,
-            "command": "semi_nnUNet_benchmark ...", "date": "2026-12-02"}
+            "command": "semi_nnUNet_benchmark -d X --labeled 3 all -tr M -o /some/where/bench", "date": "2026-12-02"}
     results = []
     for s in range(3):
         # half-way 0.748 .. 0.752, full 0.75: converged
@@ -234,6 +234,7 @@ def test_report_from_job_results_without_training(tmp_path):
         results.append(_job_result("all", "B", s, [0.90, 0.90], half=0.80, n=5, seconds_per_it=1.0))
     results += [_job_result("3", "M", 0, [0.75, 0.85], seconds_per_it=1.0),
                 _job_result("3", "M", 1, [0.80, 0.90], seconds_per_it=1.0)]  # seed 2 still running
+    results.append(_job_result("3", "E", 0, [0.70, 0.80]))  # an earlier command's trainer in the same folder
     out = aggregate(meta, results)
     mt = out["subsets"][0]["methods"]["M"]
     assert mt["seeds"] == [0, 1] and mt["Dice"]["mean"] == pytest.approx(0.825)
@@ -245,10 +246,14 @@ def test_report_from_job_results_without_training(tmp_path):
     assert mt["time_per_iteration_ratio"] == pytest.approx(2.0)
     assert out["subsets"][0]["methods"]["B"]["convergence"]["converged"] is True
     assert out["subsets"][1]["methods"]["B"]["convergence"]["converged"] is False  # 0.80 -> 0.90
-    assert out["converged"] is False and out["jobs_done"] == 8
+    assert out["converged"] is False and out["jobs_done"] == 8 and out["results_in_folder"] == 9  # E: not this call's
+    assert "E" in out["subsets"][0]["methods"]
     write_report(out, str(tmp_path), quiet=True)
     md = open(tmp_path / "results.md").read()
     assert md.startswith("> **Not converged:**") and "n = all" in md
+    assert "Jobs of this command done: 8 of 9 (the report also holds 1 results of earlier commands" in md
+    # no path of this machine in what is committed: the output folder as its name, the source as the dataset's
+    assert "-o bench`" in md and "/some/where" not in md and "Label efficiency on `X`" in md
     assert ("| 3 | M | 2 of 3 | 0.8250 ± 0.0354 | +0.0750 [+0.0750, +0.0750] | 2 of 2 | +0.50 [+0.38, +0.75] | 2.00 |"
             in md)
     assert "| M | 1 | 0.8500 ± 0.0500 | +0.1000 |" in md
@@ -260,6 +265,37 @@ def test_report_from_job_results_without_training(tmp_path):
     assert m_row["delta"] == pytest.approx(0.075) and m_row["ahead"] == 2 and m_row["seeds"] == 2
     assert m_row["gap_recovery"] == pytest.approx(0.5) and summ["converged"] is False and summ["dataset"] == "X"
     assert "per_case" not in json.dumps(summ)
+
+
+def test_rewrite_report_rebuilds_a_folder_from_its_job_files_with_this_code(tmp_path):
+    """rewrite_report: the job files copied elsewhere (a repository) and the recorded command are enough to write the
+    report again; the trainers and n of the command are 'this command', the rest of the folder is reported too."""
+    from semi_nnunet.benchmarking.label_efficiency import rewrite_report
+    from semi_nnunet.benchmarking.report import aggregate
+    from semi_nnunet.utilities.file_ops import save_json_atomic
+    tag = "_10epochs_5it"
+    meta = {"source": "/data/X", "configuration": "2d", "subset_seed": 0, "training_seeds": [0, 1],
+            "device": "cpu", "budget": {"epochs": 10, "iterations_per_epoch": 5, "stages": None},
+            "baseline": "B" + tag, "trainers": ["B" + tag, "M" + tag], "labeled": ["3", "all"], "jobs_total": 6,
+            "command": "semi_nnUNet_benchmark -d 1 --labeled 3 all -tr M --no-hco --epochs 10 --iterations 5 "
+                       "--repeats 2 -o /x/b", "date": "2026-12-03"}
+    jobs = tmp_path / "jobs"
+    results = []
+    for s in range(2):
+        results += [_job_result("3", "B" + tag, s, [0.70, 0.80], half=0.75),
+                    _job_result("all", "B" + tag, s, [0.90, 0.90], half=0.90, n=5),
+                    _job_result("3", "M" + tag, s, [0.75, 0.85])]
+    results.append(_job_result("3", "E" + tag, 0, [0.7, 0.7]))  # an earlier command
+    results.append(_job_result("3", "M_20epochs_5it", 0, [0.9, 0.9]))  # another budget: not part of this report
+    for r in results:
+        save_json_atomic(r, str(jobs / f"n{r['label']}_subset0" / f"seed{r['train_seed']}" / "jobs"
+                                / f"{r['trainer']}.json"))
+    save_json_atomic({**meta, "trainers": meta["trainers"] + ["E" + tag], "jobs_done": 99},
+                     str(tmp_path / "results.json"))
+    out = rewrite_report(str(tmp_path), str(jobs))
+    expected = aggregate(meta, results[:-1])
+    assert out["subsets"] == expected["subsets"] and out["jobs_done"] == 6 and out["results_in_folder"] == 7
+    assert "Jobs of this command done: 6 of 6 (the report also holds 1 results" in open(tmp_path / "results.md").read()
 
 
 @pytest.mark.parametrize("rows, best", [
