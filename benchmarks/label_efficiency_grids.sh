@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The converged, multi-seed label-efficiency grids recorded in documentation/benchmarks.md (issue: a benchmark that
 # can be trusted). Resumable: rerun the same script and only unfinished jobs run. Usage:
-#   DATA=/path/to/data WORK=/path/with/space bash benchmarks/label_efficiency_grids.sh [hc18|hc18_new|hc18_b160_base|hc18_b160_first|hc18_b160_um0|hc18_b160_n20base|hc18_b160|hc18_b160_more|hippo|save] ...
+#   DATA=/path/to/data WORK=/path/with/space bash benchmarks/label_efficiency_grids.sh [hc18|hc18_new|hc18_b160_base|hc18_b160_first|hc18_b160_um0|hc18_b160_n20base|hc18_b160_n20|hc18_b160_schco|hc18_b160|hc18_b160_more|hippo|save] ...
 # Each grid is run by two workers (the same command started twice, each on its own core with one thread; a job's
 # lock file hands every job to one of them). Finished jobs' result files are kept in the repository
 # (documentation/benchmarks/<grid>/jobs/) and copied back into WORK first, so a fresh machine resumes the grid
 # from them: `save` copies WORK's finished jobs into the repository.
 set -euo pipefail
 : "${DATA:?set DATA to the folder holding HC18/ and Hippocampus_MSD_Task04/}" "${WORK:?set WORK}"
-REPO=$(cd "$(dirname "$0")/.." && pwd)
+REPO=${REPO:-$(cd "$(dirname "$0")/.." && pwd)}  # REPO=...: a copy of this script run elsewhere
 # Every job of a grid runs the same code: the commit the grid started with (methods change under later issues), in a
 # worktree on PYTHONPATH, which comes before the editable install (console scripts do not put the cwd on sys.path).
 code() {  # code COMMIT: the worktree of that commit, made once
@@ -36,20 +36,27 @@ grid() {  # grid NAME COMMIT ARGS...: restore, then two workers on that commit's
     local kept="$REPO/documentation/benchmarks/$name/jobs"
     mkdir -p "$WORK/$name"
     [ -d "$kept" ] && jobs_copy "$kept" "$WORK/$name"
-    for core in 0 1; do
+    # CORE=k: one worker on core k in the foreground (a core freed by the other worker's last job starts the next
+    # grid at once); default: two workers, one per core
+    for core in ${CORE:-0 1}; do
         PYTHONPATH=$pythonpath taskset -c $core semi_nnUNet_benchmark "$@" -o "$WORK/$name" -device cpu -np 1 \
             > "$WORK/$name.worker$core.log" 2>&1 &
-        sleep 120  # the first worker plans and preprocesses the subsets; the second waits on their lock anyway
+        [ -n "${CORE:-}" ] || sleep 120  # the first worker plans and preprocesses; the second waits on their lock
     done
     wait
     jobs_copy "$WORK/$name" "$kept"
 }
 
+# save: the finished jobs into the repository, and the report rewritten there from them with the repository's code
+# (the workers ran an older commit's report code; rewrite_report changes no number, only the report's form), over
+# training seeds 0-2 whatever the last command's --repeats was
 save() { for name in hc18_grid hc18_b160 hc18_n20_grid hippo_grid; do
     [ -d "$WORK/$name" ] && mkdir -p "$REPO/documentation/benchmarks/$name/jobs" \
         && jobs_copy "$WORK/$name" "$REPO/documentation/benchmarks/$name/jobs"
-    [ -f "$WORK/$name/results.md" ] && cp "$WORK/$name"/results.* "$WORK/$name"/*.png \
-        "$REPO/documentation/benchmarks/$name/" 2>/dev/null || true; done; }
+    [ -f "$WORK/$name/results.json" ] && cp "$WORK/$name"/results.json "$REPO/documentation/benchmarks/$name/" \
+        && (cd "$REPO" && PYTHONPATH=$REPO python -c "import sys; from semi_nnunet.benchmarking.label_efficiency \
+import rewrite_report; rewrite_report(sys.argv[1], sys.argv[1] + '/jobs', 3)" "documentation/benchmarks/$name")
+    done; }
 
 for what in "${@:-hc18}"; do case $what in
     # the methods of 2026-12-02 (Mean Teacher with EMA 0.99 on any budget, HCO, Semi-CervixSeg, Hermes)
@@ -72,14 +79,22 @@ for what in "${@:-hc18}"; do case $what in
     hc18_b160_first) grid hc18_b160 03d1c94 -d 832 -c 2d --labeled 5 all \
         -tr SemiCervixTrainer_uniform MeanTeacherTrainer_HCO --no-hco --stages 1 \
         --epochs 160 --iterations 50 --repeats 3 ;;
-    hc18_b160) grid hc18_b160 03d1c94 -d 832 -c 2d --labeled 5 all \
-        -tr HermesTrainer SemiCervixTrainer UniMatchTrainer --no-hco --stages 1 \
+    hc18_b160) grid hc18_b160 12c7689 -d 832 -c 2d --labeled 5 all \
+        -tr UniMatchTrainer HermesTrainer SemiCervixTrainer --no-hco --stages 1 \
         --epochs 160 --iterations 50 --repeats 3 ;;
-    # seed 0 of UniMatch and Hermes alone (they fit one session side by side), then the 20-labels baseline
-    hc18_b160_um0) grid hc18_b160 03d1c94 -d 832 -c 2d --labeled 5 all \
+    # From here on the code is 12c7689 = 03d1c94 (the same methods) + progress.png drawn in 8-bit (about 5 s less per
+    # epoch end on this CPU; nothing a training computes changes). Seed 0 of UniMatch and Hermes first, the
+    # 20-labels baseline, then the two best methods at 20 labels and HCO on the best method
+    hc18_b160_um0) grid hc18_b160 12c7689 -d 832 -c 2d --labeled 5 all \
         -tr UniMatchTrainer HermesTrainer --no-hco --stages 1 \
         --epochs 160 --iterations 50 --repeats 1 ;;
-    hc18_b160_n20base) grid hc18_b160 03d1c94 -d 832 -c 2d --labeled 5 20 all -tr \
+    hc18_b160_n20base) grid hc18_b160 12c7689 -d 832 -c 2d --labeled 5 20 all -tr \
+        --epochs 160 --iterations 50 --repeats 3 ;;
+    hc18_b160_n20) grid hc18_b160 12c7689 -d 832 -c 2d --labeled 5 20 all \
+        -tr SemiCervixTrainer_uniform MeanTeacherTrainer_HCO --no-hco --stages 1 \
+        --epochs 160 --iterations 50 --repeats 3 ;;
+    hc18_b160_schco) grid hc18_b160 12c7689 -d 832 -c 2d --labeled 5 all \
+        -tr SemiCervixTrainer_uniform_HCO --no-hco --stages 1 \
         --epochs 160 --iterations 50 --repeats 3 ;;
     hc18_b160_more) grid hc18_b160 03d1c94 -d 832 -c 2d --labeled 5 all \
         -tr SelfTrainingTrainer_conf90 MeanTeacherTrainer_HCO MeanTeacherTrainer MeanTeacherTrainer_lrx1p6 \
@@ -88,5 +103,5 @@ for what in "${@:-hc18}"; do case $what in
     hippo) grid hippo_grid d68d24c -d 840 -c 3d_fullres --labeled 10 -tr MeanTeacherTrainer --no-hco \
         --epochs 30 --iterations 50 --repeats 3 ;;
     save) save ;;
-    *) echo "unknown grid $what (hc18, hc18_new, hc18_b160_base, hc18_b160_first, hc18_b160_um0, hc18_b160_n20base, hc18_b160, hc18_b160_more, hippo, save)"; exit 2 ;;
+    *) echo "unknown grid $what (hc18, hc18_new, hc18_b160_base, hc18_b160_first, hc18_b160_um0, hc18_b160_n20base, hc18_b160_n20, hc18_b160_schco, hc18_b160, hc18_b160_more, hippo, save)"; exit 2 ;;
 esac; done

@@ -432,11 +432,12 @@ def _command_values(command: str, flag: str) -> List[str]:
     return values
 
 
-def rewrite_report(folder: str, jobs: Optional[str] = None) -> dict:
+def rewrite_report(folder: str, jobs: Optional[str] = None, repeats: Optional[int] = None) -> dict:
     """results.json/results.md/plots of a benchmark folder again, from its job result files (under ``jobs``, default
     ``folder``), with this code: for a grid whose jobs ran on an older commit, or job results copied into a
     repository (``benchmarks/label_efficiency_grids.sh save``). What the command chose is read from the recorded
-    command; nothing is trained or predicted."""
+    command; nothing is trained or predicted. ``repeats``: report training seeds 0..repeats-1 (default: the recorded
+    command's), e.g. when the last command in the folder added one seed of a new method to a 3-seed grid."""
     from semi_nnunet.benchmarking.report import aggregate, write_report
     old = load_json(join(folder, "results.json"))
     budget = old["budget"]
@@ -446,6 +447,8 @@ def rewrite_report(folder: str, jobs: Optional[str] = None) -> dict:
     meta = {k: old[k] for k in ("source", "configuration", "subset_seed", "empty_rule", "training_seeds", "device",
                                 "budget", "baseline", "jobs_total", "command", "date", "estimate",
                                 "wall_time_s_this_call") if k in old}
+    if repeats:
+        meta["training_seeds"] = list(range(repeats))
     given = _command_values(command, "--labeled")
     meta["labeled"] = parse_labeled(given) if given else old["labeled"]
     chosen = _command_values(command, "-tr")

@@ -296,6 +296,8 @@ def test_rewrite_report_rebuilds_a_folder_from_its_job_files_with_this_code(tmp_
     expected = aggregate(meta, results[:-1])
     assert out["subsets"] == expected["subsets"] and out["jobs_done"] == 6 and out["results_in_folder"] == 7
     assert "Jobs of this command done: 6 of 6 (the report also holds 1 results" in open(tmp_path / "results.md").read()
+    one = rewrite_report(str(tmp_path), str(jobs), repeats=1)  # the seed-0 view of the same folder
+    assert one["training_seeds"] == [0] and one["subsets"][0]["methods"]["M" + tag]["seeds"] == [0]
 
 
 @pytest.mark.parametrize("rows, best", [
