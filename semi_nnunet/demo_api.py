@@ -66,8 +66,9 @@ def benchmark_context(scores: Dict[str, float]) -> str:
              f"bootstrap intervals; see documentation/benchmarks.md, raw results in {summ['source']}):", "",
              summary_text(summ), ""]
     if best is None:
-        lines.append("In this benchmark no semi-supervised method is ahead of the supervised baseline in every seed "
-                     "with an interval above zero.")
+        lines.append(f"In this benchmark no semi-supervised method trained with all {len(summ['training_seeds'])} "
+                     "training seeds is ahead of the supervised baseline in every seed with an interval above zero "
+                     "(rows with fewer seeds are not finished).")
     else:
         lines.append(f"Best in this benchmark: {best} (ahead of the baseline in every seed, interval above zero)"
                      + ("." if summ["converged"] else "; measured before the baseline converged, so provisional."))
@@ -95,12 +96,17 @@ def run_demo(workdir: str = "semi_nnunet_demo", trainers: Sequence[str] = DEFAUL
     scores = {}
     for trainer in trainers:
         from nnunetv2.utilities.file_path_utilities import get_output_folder
-        model = get_output_folder(f"Dataset{DEMO_DATASET_ID:03d}_{DEMO_DATASET_NAME}", trainer, "nnUNetPlans", "2d")
+        from semi_nnunet.inference.models import stage_trainer_name
+        from semi_nnunet.trainers.lookup import find_trainer_class
+        stages = getattr(find_trainer_class(trainer), "num_stages", 0)  # a staged method: its last stage's model
+        model = get_output_folder(f"Dataset{DEMO_DATASET_ID:03d}_{DEMO_DATASET_NAME}",
+                                  stage_trainer_name(trainer, stages), "nnUNetPlans", "2d")
         if isfile(join(model, "fold_all", "checkpoint_final.pth")):
             print(f"[3/4] {trainer}: already trained ({model})")
         else:
-            print(f"[3/4] Training {trainer} on the labeled cases (fold 'all', device {device}; log: "
-                  f"{join(model, 'fold_all', 'training_log_*.txt')})")
+            print(f"[3/4] Training {trainer} on the labeled cases (fold 'all', device {device}"
+                  + (f"; stage 0, pseudo-labels of the unlabeled images, then {stages} pseudo-label stage(s)"
+                     if stages else "") + f"; log: {join(model, 'fold_all', 'training_log_*.txt')})")
             with environment({} if verbose else {"SEMI_NNUNET_PROGRESS": "bar"}):
                 train(DEMO_DATASET_ID, "2d", trainer, ["all"], device=device)
         print(f"[4/4] {trainer}: predicting the {len(os.listdir(join(raw, 'imagesTs')))} test images")

@@ -2,6 +2,8 @@
 import math
 import os
 
+import pytest
+
 from semi_nnunet.demo_api import DEMO_DATA, run_demo
 
 
@@ -46,3 +48,21 @@ def test_the_demo_trains_the_benchmarks_best_method_and_prints_the_benchmark():
     assert "ONE short training" in text and f"Best in this benchmark: {best}" in text
     row = next(r for r in packaged["rows"] if r["method"] == best)
     assert f"{row['delta']:+.4f}" in text
+
+
+@pytest.mark.slow  # three trainings (baseline, stage 0, stage 1) and a pseudo-labelling pass on the bundled data
+def test_the_demo_with_a_staged_method_trains_its_stages_and_scores_the_last(tmp_path, monkeypatch, capsys):
+    """A staged method as the demo's method (Semi-CervixSeg, self-training): stage 0, pseudo-labels, stage 1, and the
+    Dice printed is the last stage's model's."""
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(k, "unset-by-test")
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    workdir = tmp_path / "demo"
+    scores = run_demo(str(workdir), trainers=("SelfTrainingTrainer_2epochs_2it",), num_processes=1)
+    assert math.isfinite(scores["SelfTrainingTrainer_2epochs_2it"])
+    results = workdir / "nnUNet_results" / "Dataset990_HC18Demo"
+    for stage in ("SelfTrainingTrainer_2epochs_2it", "SelfTrainingTrainer_2epochs_2it_stage1"):
+        assert (results / f"{stage}__nnUNetPlans__2d" / "fold_all" / "checkpoint_final.pth").is_file()
+    assert "then 1 pseudo-label stage(s)" in capsys.readouterr().out
+    again = run_demo(str(workdir), trainers=("SelfTrainingTrainer_2epochs_2it",), num_processes=1)
+    assert again == scores and "already trained" in capsys.readouterr().out

@@ -354,10 +354,12 @@ def summary(results: dict) -> dict:
 
 
 def best_method(summ: dict, label: str) -> "str | None":
-    """The method with the largest mean paired difference at ``label`` among those ahead of the baseline in every
-    seed with an interval above zero; None when no method is."""
+    """The method with the largest mean paired difference at ``label`` among those trained with every training seed
+    of the benchmark and ahead of the baseline in each, with an interval above zero; None when no method is (a row
+    whose other seeds are still running does not count yet)."""
+    seeds = len(summ.get("training_seeds") or []) or 1
     ahead = [r for r in summ["rows"] if r["labeled"] == label and not r["baseline"] and r["delta"] is not None
-             and r["ahead"] == r["seeds"] and r["delta_ci95"][0] > 0]
+             and r["seeds"] >= seeds and r["ahead"] == r["seeds"] and r["delta_ci95"][0] > 0]
     return max(ahead, key=lambda r: r["delta"])["method"] if ahead else None
 
 

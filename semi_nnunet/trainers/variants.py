@@ -51,6 +51,13 @@ class SemiCervixTrainer_demo(SemiCervixTrainer):
     schedule = nnUNetTrainer_demo.schedule
 
 
+class SemiCervixTrainer_uniform_demo(SemiCervixTrainer_uniform):
+    """Semi-CervixSeg with the paper's uniform stage sampling on the demo's CPU budget: stage 0 and one pseudo-label
+    stage (the 8000-iteration benchmark's setting), each on nnUNetTrainer_demo's schedule."""
+    schedule = nnUNetTrainer_demo.schedule
+    num_stages = 1
+
+
 class SemiCervixTrainer_softmax_demo(SemiCervixTrainer_softmax):
     """The softmax-space consistency on the demo's CPU budget (benchmark comparison with SemiCervixTrainer_demo)."""
     schedule = nnUNetTrainer_demo.schedule

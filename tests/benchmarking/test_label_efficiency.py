@@ -304,10 +304,12 @@ def test_rewrite_report_rebuilds_a_folder_from_its_job_files_with_this_code(tmp_
     ([("A", 0.02, 3, 3, 0.01), ("C", 0.03, 2, 3, 0.01)], "A"),   # C is larger but behind in one seed
     ([("A", 0.02, 3, 3, -0.01), ("C", 0.01, 3, 3, 0.002)], "C"),  # A's interval crosses zero
     ([("A", -0.01, 0, 3, -0.02)], None),
+    ([("A", 0.02, 3, 3, 0.01), ("C", 0.05, 1, 1, 0.01)], "A"),   # C is ahead in its only seed: not finished
 ])
 def test_best_method_is_ahead_in_every_seed_with_an_interval_above_zero(rows, best):
     from semi_nnunet.benchmarking.report import best_method
-    summ = {"rows": [{"labeled": "5", "method": "B", "baseline": True, "delta": None, "ahead": None, "seeds": 3}] +
+    summ = {"training_seeds": [0, 1, 2],
+            "rows": [{"labeled": "5", "method": "B", "baseline": True, "delta": None, "ahead": None, "seeds": 3}] +
             [{"labeled": "5", "method": m, "baseline": False, "delta": d, "ahead": a, "seeds": n,
               "delta_ci95": [lo, lo + 0.05]} for m, d, a, n, lo in rows]}
     assert best_method(summ, "5") == best
