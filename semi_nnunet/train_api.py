@@ -10,7 +10,7 @@ from semi_nnunet.tasks.executors import ExecutorOptions, check_options, device_s
 from semi_nnunet.tasks.graph import Graph, Task
 from semi_nnunet.trainers.lookup import (TrainingError, ext_trainer_path, find_trainer_class,  # noqa: F401
                                          register_with_nnunet, with_optimizer)
-from semi_nnunet.trainers.training import TrainRequest, check_request, fold_folder
+from semi_nnunet.trainers.training import TrainRequest, check_request, fold_folder, fold_outputs
 
 
 def fold_graph(request: TrainRequest, dataset_name: str, folds: Sequence) -> Graph:
@@ -20,7 +20,7 @@ def fold_graph(request: TrainRequest, dataset_name: str, folds: Sequence) -> Gra
     for f in folds:
         folder = fold_folder(dataset_name, request.trainer, request.plans_identifier, request.configuration, f)
         graph.add(Task(f"train/fold_{f}", "semi_nnunet.trainers.training:train_fold", dict(request=request, fold=f),
-                       outputs=[] if always else [f"{folder}/checkpoint_final.pth"], gpus=request.gpus_per_task,
+                       outputs=[] if always else fold_outputs(folder, request), gpus=request.gpus_per_task,
                        label=f"train {request.trainer} fold {f}"))
     return graph
 
@@ -53,7 +53,8 @@ def train(dataset: Union[int, str], configuration: str, trainer: str = "nnUNetTr
                            export_validation_probabilities, num_gpus, pretrained_weights, val_with_best, stages,
                            stop_agreement, finetune, seed, final_validation,
                            disable_checkpointing=disable_checkpointing)
-    trainer_class, dataset_name, _, fold_list = check_request(request, dry_run)
+    trainer_class, dataset_name, _, fold_list = check_request(
+        request, dry_run, elsewhere=executor.engine == "slurm" or bool(executor.ray_address))
     if executor.parallel > 1:
         device_slots(executor.parallel, device)  # too few listed GPUs fails here, before anything trains
     n_stages = getattr(trainer_class, "num_stages", 0) if stages is None else stages

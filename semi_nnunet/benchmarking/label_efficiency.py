@@ -460,19 +460,26 @@ def rewrite_report(folder: str, jobs: Optional[str] = None, repeats: Optional[in
     return results
 
 
-def run_job_once(job: Job) -> Optional[dict]:
-    """Task: run ``job`` unless another live worker holds its lock (then skip it; None)."""
+def run_job_once(job: Job, wait: float = 0) -> Optional[dict]:
+    """Task: run ``job`` unless another live worker holds its lock (then skip it; None).
+
+    ``wait`` > 0 (a Ray or Slurm task: its retry may land while the lock of the attempt that died still looks
+    alive): wait for the lock instead, then run the job unless its holder finished it meanwhile."""
     from semi_nnunet.tasks.locks import claim
-    with claim(job.lock_file) as mine:
+    with claim(job.lock_file, wait=wait,
+               on_wait=lambda owner: print(f"{job.describe()}: held by {owner}; waiting", flush=True)) as mine:
         if not mine:
             print(f"{job.describe()}: another worker runs it, skipped")
             return None
+        if job.done():
+            return load_json(job.result_file)
         return run_job(job)
 
 
-def grid_graph(grid: Grid, run: str = "semi_nnunet.benchmarking.label_efficiency:run_job_once") -> Graph:
+def grid_graph(grid: Grid, run: str = "semi_nnunet.benchmarking.label_efficiency:run_job_once",
+               wait: float = 0) -> Graph:
     """The grid as tasks: each subset's preparation, then every job of the subset (independent of each other; one
-    GPU each on CUDA), in the grid's order (seed by seed)."""
+    GPU each on CUDA), in the grid's order (seed by seed). ``wait``: passed to :func:`run_job_once`."""
     graph = Graph("benchmark jobs")
     num_processes = grid.jobs[0].num_processes if grid.jobs else 2
     for subset in grid.subsets:
@@ -480,7 +487,8 @@ def grid_graph(grid: Grid, run: str = "semi_nnunet.benchmarking.label_efficiency
                        dict(subset=subset, num_processes=num_processes), cost=0.01,
                        label=f"prepare the subset n={subset.label}"))
     for job in grid.jobs:
-        graph.add(Task(f"job/n{job.subset.label}/seed{job.train_seed}/{job.trainer}", run, dict(job=job),
+        graph.add(Task(f"job/n{job.subset.label}/seed{job.train_seed}/{job.trainer}", run,
+                       dict(job=job, **({"wait": wait} if wait else {})),
                        deps=[f"prepare/n{job.subset.label}"], outputs=[job.result_file],
                        gpus=1 if job.device == "cuda" else 0, label=job.describe()))
     return graph
@@ -496,7 +504,8 @@ def run_grid(grid: Grid, on_progress: Optional[Callable[[Grid], None]] = None,
     Several workers may run the same grid at once (the same command started once per core or per machine sharing
     the folder): a worker holds a job's lock file (``jobs/<trainer>.lock``) while it runs it and skips jobs another
     live worker holds; a subset is prepared by one worker while the others wait."""
-    graph = grid_graph(grid, run)
+    remote = executor is not None and executor.engine != "local"
+    graph = grid_graph(grid, run, wait=30 if remote else 0)
     if on_progress is not None:
         on_progress(grid)
     run_graph(graph, executor, on_done=None if on_progress is None else lambda task: on_progress(grid))

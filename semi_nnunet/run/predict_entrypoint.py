@@ -4,6 +4,7 @@ import sys
 
 from semi_nnunet.inference.models import PredictionError
 from semi_nnunet.run.arguments import add_executor_arguments, executor_options, parse
+from semi_nnunet.tasks.executors import TaskFailed
 from semi_nnunet.utilities.errors import InputError
 
 
@@ -97,6 +98,9 @@ def main(argv=None) -> None:
     except InputError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(2)
+    except TaskFailed as e:  # the other tasks ran; the message says how to continue
+        print(f"ERROR: {e}", file=sys.stderr)
+        sys.exit(1)
     print(f"Predicted {len(done)} case(s) into {args.o}")
 
 

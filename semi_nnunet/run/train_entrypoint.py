@@ -3,6 +3,7 @@ import argparse
 import sys
 
 from semi_nnunet.run.arguments import add_executor_arguments, executor_options, parse
+from semi_nnunet.tasks.executors import TaskFailed
 from semi_nnunet.utilities.errors import InputError
 
 
@@ -69,6 +70,9 @@ def main(argv=None) -> None:
     except InputError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         sys.exit(2)
+    except TaskFailed as e:  # the other tasks ran; the message says how to continue
+        print(f"ERROR: {e}", file=sys.stderr)
+        sys.exit(1)
     print("Trained models:\n  " + "\n  ".join(outputs))
 
 

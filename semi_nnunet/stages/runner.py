@@ -21,7 +21,7 @@ from batchgenerators.utilities.file_and_folder_operations import isfile, join, l
 
 from semi_nnunet.tasks.graph import Graph, Task
 from semi_nnunet.tasks.executors import ExecutorOptions, run_graph
-from semi_nnunet.trainers.training import Fold, TrainRequest
+from semi_nnunet.trainers.training import Fold, TrainRequest, fold_outputs
 
 
 def _model_folder(dataset_name: str, trainer: str, plans: str, configuration: str) -> str:
@@ -188,7 +188,7 @@ def stage_graph(request: TrainRequest, dataset_name: str, folds: Sequence[Fold],
             graph.add(Task(_keys(f, k)["train"], "semi_nnunet.stages.runner:train_stage_fold",
                            dict(request=request, fold=f, stage=k, initial_folder=initial,
                                 pretrained_weights=pretrained),
-                           deps=deps, outputs=[join(model, f"fold_{f}", "checkpoint_final.pth")], gpus=gpus,
+                           deps=deps, outputs=fold_outputs(join(model, f"fold_{f}"), request), gpus=gpus,
                            label=f"stage {k}: train {name} fold {f}"))
         models.append(model)
     graph.add(Task("report", "semi_nnunet.stages.runner:write_report",

@@ -119,6 +119,11 @@ def _run_local(graph: Graph, options: ExecutorOptions, on_done) -> None:
             on_done(task)
 
 
+def last_line(error: BaseException) -> str:
+    """The last line of an error's message (a remote traceback's is the error itself); its type when it has none."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[-1]
+
+
 def _remote_run(task: Task, *finished_dependencies) -> bool:
     """What a Ray worker runs: the task (its dependencies' results are only waited for)."""
     task.run()
@@ -133,6 +138,12 @@ def device_slots(parallel: int, device: str, environ=None) -> List[Optional[str]
         return [None] * parallel
     visible = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
     if visible is None or not visible.strip():
+        import torch
+        count = torch.cuda.device_count()
+        if parallel > count:
+            raise InputError(f"--parallel {parallel} trains one fold per GPU, but this machine has {count} GPU(s).",
+                             "--parallel", f"use --parallel {max(count, 1)}"
+                             + (", or -device cpu." if not count else "."))
         return [str(i) for i in range(parallel)]
     ids = [d.strip() for d in visible.split(",") if d.strip()]
     if parallel > len(ids):
@@ -147,6 +158,11 @@ def _run_ray(graph: Graph, options: ExecutorOptions, on_done) -> None:
     from tqdm import tqdm
     if options.parallel > 1 and any(t.gpus for t in graph):
         device_slots(options.parallel, "cuda")  # more slots than listed GPUs fails here
+        most = max(t.gpus for t in graph)
+        if not options.ray_address and most > options.parallel:  # such a task could never be scheduled: a hang
+            raise InputError(f"A task needs {most} GPUs, but --parallel {options.parallel} starts Ray with "
+                             f"{options.parallel}.", f"--parallel {options.parallel} / -num_gpus {most}",
+                             f"use --parallel {most} or more, or fewer GPUs per training.")
     started = not ray.is_initialized()
     if started:
         init = {"include_dashboard": False, "log_to_driver": False}  # the trainings log to their fold folders
@@ -177,7 +193,7 @@ def _run_ray(graph: Graph, options: ExecutorOptions, on_done) -> None:
                 try:
                     ray.get(ready[0])
                 except Exception as e:  # the task's own error, or its dependency's
-                    failed.append(f"{graph[key].describe()}: {type(e).__name__}: {str(e).strip().splitlines()[-1]}")
+                    failed.append(f"{graph[key].describe()}: {type(e).__name__}: {last_line(e)}")
                 else:
                     if on_done is not None:
                         on_done(graph[key])
@@ -226,13 +242,22 @@ def slurm_parameters(task: Task, options: ExecutorOptions, dependencies: List[st
     return params
 
 
+SQUEUE_RETRIES, SQUEUE_BACKOFF_S = 4, 5.0
+
+
 def _queued(job_ids: List[str]) -> Dict[str, str]:
     """Job id -> state of the jobs still in Slurm's queue (pending, running, requeued...)."""
     if not job_ids:
         return {}
-    out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True, text=True)
-    if out.returncode != 0 and "Invalid job id" not in out.stderr:
-        raise RuntimeError(f"squeue failed: {out.stderr.strip()}")
+    for attempt in range(SQUEUE_RETRIES + 1):  # a busy controller times out now and then; the jobs run on
+        out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True,
+                             text=True)
+        if out.returncode == 0 or "Invalid job id" in out.stderr:
+            break
+        if attempt == SQUEUE_RETRIES:
+            raise RuntimeError(f"squeue failed {SQUEUE_RETRIES + 1} times: {out.stderr.strip()} (the jobs may "
+                               f"still run: check squeue before rerunning the command)")
+        time.sleep(SQUEUE_BACKOFF_S * 2 ** attempt)
     states = {}
     for line in out.stdout.splitlines():
         parts = line.split()
@@ -245,12 +270,14 @@ def _run_slurm(graph: Graph, options: ExecutorOptions, on_done) -> None:
     submitit = require("slurm")
     from tqdm import tqdm
     folder = os.path.abspath(options.slurm_folder or "semi_nnunet_slurm")
-    executor = submitit.SlurmExecutor(folder=os.path.join(folder, "%j"))
     jobs = {}
     for task in graph:
         if task.done():
             continue
         deps = [jobs[d].job_id for d in task.deps if d in jobs]
+        # a fresh executor per task: update_parameters merges into the previous ones, so a task without
+        # dependencies or GPUs would inherit the last task's afterok or GPU request
+        executor = submitit.SlurmExecutor(folder=os.path.join(folder, "%j"))
         executor.update_parameters(**slurm_parameters(task, options, deps))
         jobs[task.key] = executor.submit(SlurmTask(task))
         print(f"submitted {task.describe()}: Slurm job {jobs[task.key].job_id}"
@@ -266,7 +293,7 @@ def _run_slurm(graph: Graph, options: ExecutorOptions, on_done) -> None:
                         job.result()
                     except Exception as e:
                         failed.append(f"{graph[key].describe()}: job {job.job_id} failed: "
-                                      f"{str(e).strip().splitlines()[-1]} (log: {job.paths.stderr})")
+                                      f"{last_line(e)} (log: {job.paths.stderr})")
                     else:
                         if on_done is not None:
                             on_done(graph[key])

@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Optional
 
 HEARTBEAT_S = float(os.environ.get("SEMI_NNUNET_LOCK_HEARTBEAT_S", 15))
 STALE_S = float(os.environ.get("SEMI_NNUNET_LOCK_STALE_S", 120))
+_HELD = set()  # absolute paths of the locks this process holds (a lock naming our pid but not here is a leftover)
 
 
 def owner_record() -> dict:
@@ -74,7 +75,9 @@ def is_stale(lock: str, stale_s: Optional[float] = None, now: Optional[float] = 
         if not _process_runs(owner["pid"]):
             return True
         if owner["pid"] == os.getpid():
-            return False  # this process holds it (another thread): never stale to itself
+            # held by this process (another thread), or left by an earlier process that had our pid (pid reuse
+            # after a container restart): then its owner is certainly gone
+            return os.path.abspath(lock) not in _HELD
     return age > stale_s
 
 
@@ -99,6 +102,28 @@ class _Heartbeat(threading.Thread):
                 os.utime(self.lock)
 
 
+def _take_over(lock: str, stale_s: Optional[float]) -> None:
+    """Remove ``lock`` if it is (still) stale, one worker at a time: two workers that both judged it stale must not
+    both remove it (the second would delete the first one's new lock). A guard file created exclusively serialises
+    the check and the removal; a guard left by a worker that died in that instant expires after ``stale_s``."""
+    guard = lock + ".takeover"
+    try:
+        os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        with suppress(FileNotFoundError):
+            if time.time() - os.stat(guard).st_mtime > (STALE_S if stale_s is None else stale_s):
+                os.remove(guard)
+        time.sleep(0.05)
+        return
+    try:
+        if is_stale(lock, stale_s):
+            with suppress(FileNotFoundError):
+                os.remove(lock)
+    finally:
+        with suppress(FileNotFoundError):
+            os.remove(guard)
+
+
 def _try_create(lock: str) -> bool:
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -121,8 +146,7 @@ def claim(lock: str, wait: float = 0, heartbeat_s: Optional[float] = None, stale
     told = False
     while not _try_create(lock):
         if is_stale(lock, stale_s):
-            with suppress(FileNotFoundError):
-                os.remove(lock)
+            _take_over(lock, stale_s)
             continue
         if wait <= 0:
             yield False
@@ -131,6 +155,7 @@ def claim(lock: str, wait: float = 0, heartbeat_s: Optional[float] = None, stale
             on_wait(describe_owner(lock))
             told = True
         time.sleep(wait)
+    _HELD.add(os.path.abspath(lock))
     beat = _Heartbeat(lock, heartbeat_s)
     beat.start()
     try:
@@ -138,6 +163,7 @@ def claim(lock: str, wait: float = 0, heartbeat_s: Optional[float] = None, stale
     finally:
         beat.stopped.set()
         beat.join()
+        _HELD.discard(os.path.abspath(lock))
         owner = read_owner(lock) or {}
         if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
             with suppress(FileNotFoundError):

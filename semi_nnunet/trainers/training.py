@@ -132,7 +132,8 @@ def check_pretrained_weights(path: str) -> None:
 
 
 
-def check_request(request: TrainRequest, dry_run: bool = False) -> Tuple[type, str, str, List[Fold]]:
+def check_request(request: TrainRequest, dry_run: bool = False,
+                  elsewhere: bool = False) -> Tuple[type, str, str, List[Fold]]:
     """Every check before any fold starts: trainer, plans, configuration, folds, unlabeled data, device, and with
     ``continue_training`` the checkpoint each fold would continue from. Returns the trainer class, the dataset name,
     the plans file and the folds."""
@@ -202,7 +203,9 @@ def check_request(request: TrainRequest, dry_run: bool = False) -> Tuple[type, s
             if not 0 <= f < n_splits:
                 raise TrainingError(f"Fold {f} is out of range: the splits file has folds 0..{n_splits - 1}.",
                                     "fold argument", f"give folds 0..{n_splits - 1}, or 'all'.")
-    if request.device == "cuda" and not torch.cuda.is_available() and not dry_run:
+    # elsewhere: the trainings run on other machines (Slurm jobs, a Ray cluster), so this one (a login node) may
+    # have no GPU; train_fold's own device then fails on a job's node that has none
+    if request.device == "cuda" and not torch.cuda.is_available() and not dry_run and not elsewhere:
         raise TrainingError("-device cuda was requested but no CUDA GPU is available.", "-device",
                             "use -device cpu.")
     if request.pretrained_weights:
@@ -228,6 +231,13 @@ def fold_folder(dataset_name: str, trainer: str, plans_identifier: str, configur
     return get_output_folder(dataset_name, trainer, plans_identifier, configuration, fold)
 
 
+def fold_outputs(folder: str, request: "TrainRequest") -> List[str]:
+    """What a trained fold leaves (a task is done when they exist): the final checkpoint and, unless the final
+    validation is off, its summary (a training interrupted between the two is finished by validating only)."""
+    return [join(folder, "checkpoint_final.pth")] + (
+        [join(folder, "validation", "summary.json")] if request.final_validation else [])
+
+
 def lock_file(folder: str) -> str:
     """The lock a fold's training holds (see :mod:`semi_nnunet.tasks.locks`)."""
     return join(folder, "training.lock")
@@ -248,6 +258,10 @@ def train_fold(request: TrainRequest, fold: Fold, trainer: Optional[str] = None,
     from semi_nnunet.planners.plan_and_preprocess_api import find_dataset_name
     from semi_nnunet.tasks.locks import claim
     trainer = trainer or request.trainer
+    if request.device == "cuda" and not torch.cuda.is_available():  # checked here for jobs on other machines
+        import socket
+        raise TrainingError(f"-device cuda was requested but {socket.gethostname()} has no CUDA GPU.", "-device",
+                            "ask the scheduler for a GPU (--slurm-gpus 1, a GPU partition), or use -device cpu.")
     dataset_name = find_dataset_name(request.dataset)
     configuration, plans = request.configuration, request.plans_identifier
     folder = fold_folder(dataset_name, trainer, plans, configuration, fold)
@@ -258,7 +272,12 @@ def train_fold(request: TrainRequest, fold: Fold, trainer: Optional[str] = None,
                                            flush=True)):
         finished = isfile(join(folder, "checkpoint_final.pth"))
         if finished and not (request.only_run_validation or request.continue_training):
-            return folder
+            if not request.final_validation or isfile(join(folder, "validation", "summary.json")):
+                return folder
+            # trained, but stopped before (or during) nnU-Net's final validation: a requeue signal after the last
+            # iteration, a crash in the validation. Run only the validation, as --val would.
+            print(f"{trainer} fold {fold}: trained, but its final validation is missing; validating.", flush=True)
+            request = replace(request, only_run_validation=True, continue_training=False, resume=False)
         remove_stale_temporaries(folder)
         continue_training = request.continue_training or (request.resume and any(
             isfile(join(folder, n)) for n in CHECKPOINTS))

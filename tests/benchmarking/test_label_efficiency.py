@@ -335,6 +335,37 @@ def test_two_workers_on_one_grid_run_each_job_once(tmp_path, monkeypatch):
     assert not any(os.path.exists(j.lock_file) for j in grid.jobs if j is not held)
 
 
+def test_a_retried_remote_job_waits_for_the_lock_and_reuses_what_its_holder_finished(tmp_path, monkeypatch):
+    """A Ray/Slurm retry that finds the lock of a live-looking holder waits (instead of reporting a skipped job as
+    done), then takes the holder's result if it finished, or runs the job once the lock is free."""
+    import json
+    import socket
+    import threading
+    from semi_nnunet.benchmarking import label_efficiency as le
+    source = make_synthetic_dataset(str(tmp_path / "raw"), 957, num_labeled=4, num_unlabeled=2, num_test=2)
+    grid = plan_grid(source, "2d", ["2"], ["nnUNetTrainer_2epochs_3it"], 2, 0, None, "cpu", str(tmp_path / "b"),
+                     898, 1)
+    first, second = grid.jobs
+    assert "wait" in le.grid_graph(grid, wait=30)[f"job/n2/seed0/{first.trainer}"].kwargs
+    assert "wait" not in le.grid_graph(grid)[f"job/n2/seed0/{first.trainer}"].kwargs  # local workers skip
+    ran = []
+    monkeypatch.setattr(le, "run_job", lambda job: ran.append(job.describe()) or {"ran": True})
+    for job, finishes in ((first, True), (second, False)):
+        os.makedirs(os.path.dirname(job.lock_file), exist_ok=True)
+        with open(job.lock_file, "w") as f:  # a live holder: this test's parent process
+            json.dump({"host": socket.gethostname(), "pid": os.getppid()}, f)
+
+        def holder_ends(job=job, finishes=finishes):
+            if finishes:
+                with open(job.result_file, "w") as f:
+                    json.dump({"by": "holder"}, f)
+            os.remove(job.lock_file)
+        threading.Timer(0.5, holder_ends).start()
+        result = le.run_job_once(job, wait=0.1)
+        assert result == ({"by": "holder"} if finishes else {"ran": True})
+    assert ran == [second.describe()]
+
+
 @pytest.mark.slow  # two trainings, predictions and evaluations per engine, through Ray workers or Slurm jobs
 @pytest.mark.parametrize("engine", ["ray", "slurm"])
 def test_the_grid_runs_on_ray_and_on_slurm_and_matches_evaluate(engine, tmp_path, nnunet_paths, monkeypatch, capsys,

@@ -168,8 +168,11 @@ def test_two_folds_killed_midway_then_resumed(nnunet_paths):
     (3, "cuda", " 4 , 7,2", ["4", "7", "2"]),
     (2, "cpu", "3,5", [None, None]),          # off CUDA the environment is left as it is
 ])
-def test_parallel_uses_the_listed_gpus(parallel, device, visible, slots):
+def test_parallel_uses_the_listed_gpus(parallel, device, visible, slots, monkeypatch):
+    import torch
+
     from semi_nnunet.tasks.executors import device_slots
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # a machine with four GPUs
     environ = {} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}
     assert device_slots(parallel, device, environ) == slots
 
@@ -178,6 +181,28 @@ def test_parallel_with_more_folds_than_listed_gpus_fails_clearly():
     from semi_nnunet.tasks.executors import device_slots
     with pytest.raises(ValueError, match=r"CUDA_VISIBLE_DEVICES=1,2 lists 2 GPU\(s\)(.|\n)*use --parallel 2"):
         device_slots(3, "cuda", {"CUDA_VISIBLE_DEVICES": "1,2"})
+
+
+def test_parallel_with_more_folds_than_the_machines_gpus_fails_clearly(monkeypatch):
+    import torch
+
+    from semi_nnunet.tasks.executors import device_slots
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"this machine has 1 GPU\(s\)(.|\n)*use --parallel 1"):
+        device_slots(2, "cuda", {})
+
+
+def test_ray_refuses_a_task_with_more_gpus_than_its_slots(monkeypatch):
+    """--parallel 2 starts Ray with 2 GPU slots: a 4-GPU task could never be scheduled (a silent hang)."""
+    import torch
+
+    from semi_nnunet.tasks.executors import ExecutorOptions, run_graph
+    from semi_nnunet.tasks.graph import Graph, Task
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    g = Graph()
+    g.add(Task("train/fold_0", "os:getcwd", gpus=4, outputs=["/nonexistent/x"]))
+    with pytest.raises(ValueError, match="A task needs 4 GPUs, but --parallel 2"):
+        run_graph(g, ExecutorOptions("ray", parallel=2))
 
 
 def _ancestors(graph, key):

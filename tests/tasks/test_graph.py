@@ -130,3 +130,55 @@ def test_slurm_job_parameters_carry_resources_signal_and_dependencies(tmp_path):
     assert "export SUBMITIT_PREEMPT_SIGNAL=USR1" in p["setup"] and p["job_name"] == "train_stage1_fold_0"
     cpu_task = slurm_parameters(Task("report", "os:getcwd"), ExecutorOptions("slurm", slurm_gpus=2), [])
     assert "gpus_per_node" not in cpu_task and "dependency" not in cpu_task  # GPUs only for tasks that use one
+
+
+def test_each_slurm_job_gets_only_its_own_parameters(tmp_path, monkeypatch):
+    """submitit's update_parameters merges into the previous job's: a task without dependencies or GPUs submitted
+    after one with them must not inherit its afterok (it would wait forever on a failed job) or its GPU request."""
+    import types
+
+    from semi_nnunet.tasks import executors
+    submitted = []
+
+    class FakeJob:
+        def __init__(self, n):
+            self.job_id = str(100 + n)
+            self.paths = types.SimpleNamespace(result_pickle=tmp_path / "none", stderr="log")
+
+    class FakeExecutor:
+        def __init__(self, folder):
+            self.parameters = {}
+
+        def update_parameters(self, **kwargs):
+            self.parameters.update(kwargs)
+
+        def submit(self, fn):
+            submitted.append((fn.task.key, dict(self.parameters)))
+            return FakeJob(len(submitted))
+    monkeypatch.setattr(executors, "require", lambda engine: types.SimpleNamespace(SlurmExecutor=FakeExecutor))
+    monkeypatch.setattr(executors, "_queued", lambda ids: {})
+    g = Graph()
+    g.add(Task("train/fold_0", "os:getcwd", gpus=1, outputs=[str(tmp_path / "a")]))
+    g.add(Task("pseudo/fold_0", "os:getcwd", deps=["train/fold_0"], gpus=1, outputs=[str(tmp_path / "b")]))
+    g.add(Task("report", "os:getcwd", outputs=[str(tmp_path / "c")]))
+    with pytest.raises(Exception, match="ended without a result"):  # the fake jobs never write one
+        run_graph(g, ExecutorOptions("slurm", slurm_folder=str(tmp_path / "slurm")))
+    params = dict(submitted)
+    assert params["pseudo/fold_0"]["dependency"] == "afterok:101"
+    assert "dependency" not in params["report"] and "gpus_per_node" not in params["report"]
+
+
+def test_a_failed_task_ends_the_cli_with_its_message_not_a_traceback(monkeypatch, capsys):
+    """semi_nnUNet_train with an executor whose task failed: exit status 1 and 'rerun the same command' on stderr."""
+    import semi_nnunet.train_api as train_api
+    from semi_nnunet.run.train_entrypoint import main
+    from semi_nnunet.tasks.executors import TaskFailed
+
+    def failing(*args, **kwargs):
+        raise TaskFailed("1 of 2 tasks failed (rerun the same command to continue):\n  train fold 0: boom")
+    monkeypatch.setattr(train_api, "train", failing)
+    with pytest.raises(SystemExit) as e:
+        main(["4", "2d", "nnUNetTrainer", "0"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "ERROR: 1 of 2 tasks failed (rerun the same command" in err and "Traceback" not in err

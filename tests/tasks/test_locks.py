@@ -107,3 +107,51 @@ def test_an_unreadable_lock_is_stale_once_its_heartbeat_is_old(tmp_path, content
     old = time.time() - 120
     os.utime(lock, (old, old))
     assert is_stale(str(lock), stale_s=60)
+
+
+def test_a_lock_naming_this_process_is_held_only_while_this_process_holds_it(tmp_path):
+    """pid reuse (a container restarted with the same host name): a leftover lock that names our own pid, which we do
+    not hold, is stale; one we hold is not, even to ourselves from another thread."""
+    lock = str(tmp_path / "a.lock")
+    with open(lock, "w") as f:
+        json.dump({"host": socket.gethostname(), "pid": os.getpid()}, f)
+    assert is_stale(lock)
+    with claim(lock, wait=0.1) as mine:  # taken over at once instead of waiting on itself forever
+        assert mine is True
+        assert not is_stale(lock)
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(is_stale(lock)))
+        t.start()
+        t.join()
+        assert seen == [False]
+
+
+def _take_stale(lock, barrier, out):
+    barrier.wait()
+    with claim(lock, stale_s=60) as mine:
+        if mine:
+            out.put(os.getpid())
+            time.sleep(1.0)  # hold it while the other worker tries
+
+
+def test_two_workers_taking_over_one_stale_lock_end_with_one_holder(tmp_path):
+    """Both find the lock stale at the same moment; exactly one may hold it (the second must not remove the first's
+    new lock and create its own)."""
+    lock = str(tmp_path / "a.lock")
+    ctx = mp.get_context("spawn")
+    for _ in range(3):
+        with open(lock, "w") as f:
+            json.dump({"host": "node-9", "pid": 1}, f)
+        old = time.time() - 600
+        os.utime(lock, (old, old))
+        barrier, out = ctx.Barrier(2), ctx.Queue()
+        workers = [ctx.Process(target=_take_stale, args=(lock, barrier, out)) for _ in range(2)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(60)
+        holders = []
+        while not out.empty():
+            holders.append(out.get())
+        assert len(holders) == 1
+        assert not os.path.exists(lock) and not os.path.exists(lock + ".takeover")
