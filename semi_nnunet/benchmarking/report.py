@@ -107,7 +107,7 @@ def aggregate(meta: dict, results: List[dict]) -> dict:
 
 def portable(text: str) -> str:
     """``text`` (a command, a dataset path) without this machine's folders: an absolute path becomes its last
-    component (``-o /work/bench/hc18_b160`` -> ``-o hc18_b160``), so a committed report names what a reader types."""
+    component (``-o /data/runs/hc18`` -> ``-o hc18``), so a committed report names what a reader types."""
     return " ".join(os.path.basename(os.path.normpath(t)) if os.path.isabs(t) else t for t in text.split(" "))
 
 
