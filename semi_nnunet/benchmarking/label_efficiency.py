@@ -448,7 +448,10 @@ def rewrite_report(folder: str, jobs: Optional[str] = None, repeats: Optional[in
                                 "budget", "baseline", "jobs_total", "command", "date", "estimate",
                                 "wall_time_s_this_call") if k in old}
     if repeats:
+        recorded = len(meta["training_seeds"]) or 1
         meta["training_seeds"] = list(range(repeats))
+        if "jobs_total" in meta:  # the command's grid is the same for each seed
+            meta["jobs_total"] = meta["jobs_total"] * repeats // recorded
     given = _command_values(command, "--labeled")
     meta["labeled"] = parse_labeled(given) if given else old["labeled"]
     chosen = _command_values(command, "-tr")

@@ -298,6 +298,7 @@ def test_rewrite_report_rebuilds_a_folder_from_its_job_files_with_this_code(tmp_
     assert "Jobs of this command done: 6 of 6 (the report also holds 1 results" in open(tmp_path / "results.md").read()
     one = rewrite_report(str(tmp_path), str(jobs), repeats=1)  # the seed-0 view of the same folder
     assert one["training_seeds"] == [0] and one["subsets"][0]["methods"]["M" + tag]["seeds"] == [0]
+    assert one["jobs_total"] == 3 and one["jobs_done"] == 3  # the command's grid for one seed
 
 
 @pytest.mark.parametrize("rows, best", [
