@@ -349,7 +349,8 @@ def summary(results: dict) -> dict:
             "command": portable(results["command"]) if results.get("command") else None, "budget": results["budget"],
             "configuration": results["configuration"], "training_seeds": results["training_seeds"],
             "converged": results.get("converged"), "jobs_done": results.get("jobs_done"),
-            "jobs_total": results.get("jobs_total"), "baseline": _budget_free(baseline, results["budget"]),
+            "jobs_total": results.get("jobs_total"), "trainings": results.get("results_in_folder"),
+            "baseline": _budget_free(baseline, results["budget"]),
             "rows": rows}
 
 
@@ -371,8 +372,9 @@ def summary_text(summ: dict) -> str:
              False: "NOT converged: the baseline still changed by more than 0.5 Dice points in its second half"}
     lines = [f"Multi-seed benchmark on {summ['dataset']} ({summ['date']}, {summ['configuration']}, {budget}, "
              f"training seeds {', '.join(map(str, summ['training_seeds']))}, "
-             f"{summ['jobs_done']} of {summ['jobs_total']} jobs; "
-             f"{state[summ['converged']]}):",
+             + (f"{summ['trainings']} trainings; " if summ.get("trainings") else
+                f"{summ['jobs_done']} of {summ['jobs_total']} jobs; ")
+             + f"{state[summ['converged']]}):",
              f"  {'labeled':<8s}{'method':<34s}{'seeds':>6s}{'Dice':>9s}{'delta [95% CI]':>28s}{'ahead':>8s}"
              f"{'gap rec.':>10s}"]
     for r in summ["rows"]:
