@@ -56,7 +56,11 @@ save() { for name in hc18_grid hc18_b160 hc18_n20_grid hippo_grid; do
     [ -f "$WORK/$name/results.json" ] && cp "$WORK/$name"/results.json "$REPO/documentation/benchmarks/$name/" \
         && (cd "$REPO" && PYTHONPATH=$REPO python -c "import sys; from semi_nnunet.benchmarking.label_efficiency \
 import rewrite_report; rewrite_report(sys.argv[1], sys.argv[1] + '/jobs', 3)" "documentation/benchmarks/$name")
-    done; }
+    done
+    # the demo prints the headline grid's summary, which must equal its results.json (tests/test_demo.py)
+    (cd "$REPO" && PYTHONPATH=$REPO python -c "from batchgenerators.utilities.file_and_folder_operations import \
+load_json; from semi_nnunet.benchmarking.report import write_summary; from semi_nnunet.demo_api import \
+BENCHMARK_SUMMARY as S; src = load_json(S)['source']; write_summary(src, S, src)"); }
 
 for what in "${@:-hc18}"; do case $what in
     # the methods of 2026-12-02 (Mean Teacher with EMA 0.99 on any budget, HCO, Semi-CervixSeg, Hermes)
