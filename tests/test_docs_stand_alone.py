@@ -1,6 +1,7 @@
 """The project stands alone: no documentation page, README, docstring or comment names a path outside the repository
-(the development machines' shared folder, a home or work directory). The raw benchmark outputs under
-documentation/benchmarks/ are records of the machine that ran them and are not checked."""
+(the development machines' shared folder, a home or work directory), including the benchmark reports under
+documentation/benchmarks/ (results.md writes working folders by name). Their raw JSON records name the folders the
+runs used and are not checked."""
 import os
 import re
 
@@ -12,11 +13,10 @@ def _files():
     for top in ("documentation", "semi_nnunet", "benchmarks", "tests", ".ci"):
         for folder, dirs, files in os.walk(os.path.join(REPO, top)):
             dirs[:] = [d for d in dirs if d not in ("__pycache__", "demo_data")]
-            if os.path.relpath(folder, REPO).startswith(os.path.join("documentation", "benchmarks")):
-                continue
             for name in files:
                 if name.endswith((".md", ".py", ".sh")) or name == "run":
                     yield os.path.join(folder, name)
+    yield os.path.join(REPO, "semi_nnunet", "demo_data", "benchmark_summary.json")
     for name in ("README.md", "setup.py"):
         yield os.path.join(REPO, name)
 
