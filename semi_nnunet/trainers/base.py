@@ -89,6 +89,7 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
     adamw_initial_lr: float = 1e-3
     hco_start_epoch: int = 0  # epochs of warm-up with the base optimizer before HCO starts
     hco_lr_scale: float = 1.0
+    hco_fused: Optional[bool] = None  # HCO-AdamW's compiled step; None: on CPU for runs of >= 1000 iterations
     lr_scale: float = 1.0  # the other optimizers' rate multiplier (``<Trainer>_lrx<F>``: a step-size control for HCO)
     update_norm_every: int = 10  # log the L2 norm of the weight update every this many steps (a copy of the weights)
     # staged pseudo-labelling (semi_nnunet.stages): stages after this trainer, and the class that trains them

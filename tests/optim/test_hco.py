@@ -712,3 +712,94 @@ def test_step_hco_wrong_number_of_gradients(cls, n_labeled, n_unlabeled):
     with pytest.raises(ValueError, match="per parameter"):
         opt.step_hco([None] * n_labeled, [None] * n_unlabeled)
     assert torch.equal(params[0].detach(), torch.zeros(2))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# fused=True: compiled kernels for the large tensors, the _foreach path for the rest (slow: the first compilation
+# takes about a minute on a 2-core CPU)
+# ----------------------------------------------------------------------------------------------------------------------
+FUSED_CASES = [
+    ("adamw_wd", HierarchicalCautiousAdamW, dict(lr=0.01, weight_decay=0.1), dict(lr=0.01, wd=0.1)),
+    ("adamw_second_mask_clamp", HierarchicalCautiousAdamW,
+     dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.0, mask_eps=0.7, second_mask=True),
+     dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, mask_eps=0.7, second_mask=True)),
+    ("adam_l2", HierarchicalCautiousAdam, dict(lr=0.01, weight_decay=0.1), dict(lr=0.01, wd=0.1, decoupled=False)),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, cls, kwargs, ref_kwargs", FUSED_CASES, ids=[c[0] for c in FUSED_CASES])
+def test_fused_step_matches_reference_and_foreach_step(name, cls, kwargs, ref_kwargs):
+    from semi_nnunet.optim.hco import FUSED_MIN_NUMEL
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(FUSED_MIN_NUMEL,), (16, 9, 3, 3, 3), (7,), (3, 5)]  # two fused tensors, two small ones
+    fused = make_params(shapes, gen)
+    plain = clone_params(fused)
+    opt_f, opt_p = cls(fused, **kwargs, fused=True), cls(plain, **kwargs)
+    ws, states = weights(fused), [{} for _ in fused]
+    for _ in range(5):
+        gl = [randn(*s, gen=gen) for s in shapes]
+        gu = [randn(*s, gen=gen) for s in shapes]
+        gu[0][: FUSED_MIN_NUMEL // 2] = 0.0  # some coordinates without an unlabeled gradient
+        opt_f.step_hco(gl, gu)
+        opt_p.step_hco(gl, gu)
+        ones = 0
+        for i in range(len(ws)):
+            ws[i], _, phi = ref_hco_adamw(ws[i], states[i], gl[i], gu[i], **ref_kwargs)
+            ones += phi.sum().item()
+        assert opt_f.fused  # compiled, not fallen back
+        for p, q, w, st in zip(fused, plain, ws, states):
+            torch.testing.assert_close(p.detach(), w, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-13, atol=1e-15)
+            torch.testing.assert_close(opt_f.state[p]["exp_avg"], st["m"], rtol=1e-12, atol=1e-15)
+            torch.testing.assert_close(opt_f.state[p]["exp_avg_sq"], st["v"], rtol=1e-12, atol=1e-15)
+        assert opt_f.last_mask_ratio == pytest.approx(ones / sum(math.prod(s) for s in shapes), abs=1e-12)
+        assert opt_f.last_mask_ratio == opt_p.last_mask_ratio
+
+
+@pytest.mark.slow
+def test_fused_step_float32_equals_foreach_step_to_rounding():
+    gen = torch.Generator().manual_seed(4)
+    shapes = [(64, 32, 3, 3), (64,)]
+    fused = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    plain = [torch.nn.Parameter(p.detach().clone()) for p in fused]
+    opt_f = HierarchicalCautiousAdamW(fused, lr=1e-3, weight_decay=3e-5, fused=True)
+    opt_p = HierarchicalCautiousAdamW(plain, lr=1e-3, weight_decay=3e-5)
+    for _ in range(5):
+        gl = [torch.randn(s, generator=gen) for s in shapes]
+        gu = [torch.randn(s, generator=gen) for s in shapes]
+        opt_f.step_hco(gl, gu)
+        opt_p.step_hco(gl, gu)
+    for p, q in zip(fused, plain):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-6, atol=1e-6)
+    assert opt_f.fused and opt_f.last_mask_ratio == pytest.approx(opt_p.last_mask_ratio, abs=1e-7)
+
+
+def test_fused_step_that_cannot_compile_falls_back_before_any_state_moves(monkeypatch):
+    """No compiler: a warning, the _foreach step from then on, and the first step equal to the plain optimizer's."""
+    import semi_nnunet.optim.hco as hco
+
+    def broken(fn):
+        def fail(*args):
+            raise RuntimeError("no C++ compiler")
+        return fail
+    monkeypatch.setattr(hco, "_compiled", broken)
+    monkeypatch.setattr(hco, "_WARM", set())
+    gen = torch.Generator().manual_seed(5)
+    fused = make_params([(hco.FUSED_MIN_NUMEL,), (3,)], gen)
+    plain = clone_params(fused)
+    opt_f = HierarchicalCautiousAdamW(fused, lr=0.01, fused=True)
+    opt_p = HierarchicalCautiousAdamW(plain, lr=0.01)
+    for step in range(2):
+        gl = [randn(*p.shape, gen=gen) for p in fused]
+        gu = [randn(*p.shape, gen=gen) for p in fused]
+        if step == 0:
+            with pytest.warns(UserWarning, match="could not be compiled.*no C\\+\\+ compiler"):
+                opt_f.step_hco(gl, gu)
+        else:
+            opt_f.step_hco(gl, gu)
+        opt_p.step_hco(gl, gu)
+        assert not opt_f.fused
+        for p, q in zip(fused, plain):
+            assert torch.equal(p.detach(), q.detach())
+        assert opt_f.state[fused[0]]["step"] == step + 1

@@ -11,7 +11,7 @@ from semi_nnunet.planners.plan_and_preprocess_api import plan_and_preprocess
 from semi_nnunet.trainers.lookup import TrainingError, find_trainer_class, with_optimizer
 from semi_nnunet.run.train_entrypoint import main as train_main
 from semi_nnunet.trainers.base import SemiSupervisedTrainer
-from semi_nnunet.trainers.optimizers import HCONotApplicableError, build_optimizer
+from semi_nnunet.trainers.optimizers import HCONotApplicableError, build_optimizer, hco_fused
 
 
 @pytest.fixture
@@ -75,8 +75,25 @@ def test_hco_adamw_and_warmup(planned):
                    load_json(join(pre, "dataset.json")), torch.device("cpu"))
     trainer.run_training()
     assert isinstance(trainer.optimizer, HierarchicalCautiousAdamW)
+    assert not trainer.optimizer.fused  # 4 iterations: compiling the fused step would not pay (hco_fused None)
     ratios = trainer.logger.get_value("hco_mask_ratio", step=None)
     assert ratios[0] != ratios[0] and 0.0 < ratios[1] < 1.0  # NaN during the warm-up, a fraction after
+
+
+@pytest.mark.parametrize("device, epochs, iterations, choice, expected", [
+    ("cpu", 4, 250, None, True),      # the run pays for the one-time compilation
+    ("cpu", 1000, 250, None, True),   # nnU-Net's schedule
+    ("cpu", 3, 333, None, False),     # 999 iterations
+    ("cpu", 2, 2, None, False),       # a test's handful
+    ("cuda", 1000, 250, None, False),  # auto is CPU only (untested on a GPU)
+    ("cuda", 2, 2, True, True),       # hco_fused forces it either way
+    ("cpu", 1000, 250, False, False),
+])
+def test_hco_fused_rule(device, epochs, iterations, choice, expected):
+    from types import SimpleNamespace
+    trainer = SimpleNamespace(device=torch.device(device), num_epochs=epochs, num_iterations_per_epoch=iterations,
+                              hco_fused=choice)
+    assert hco_fused(trainer) is expected
 
 
 def test_trainer_without_labels_refuses_hco(planned):
