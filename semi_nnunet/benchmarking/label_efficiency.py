@@ -323,8 +323,11 @@ def _epoch_progress(job: Job, num_epochs: int) -> Iterator[None]:
     from semi_nnunet.trainers.schedule import EPOCH_LISTENERS
     bar = tqdm(total=num_epochs * (job.stages + 1), desc=job.describe(), unit="epoch", leave=True)
 
-    def listener(trainer) -> None:
-        bar.update(1)
+    def listener(trainer) -> None:  # the bar's position from the trainer's: a resumed training starts where it was
+        import re
+        stage = re.search(r"_stage(\d+)$", type(trainer).__name__)
+        bar.n = min(bar.total, (int(stage.group(1)) if stage else 0) * num_epochs + trainer.current_epoch)
+        bar.refresh()
         loss = trainer.logger.get_value("train_losses", step=-1) if hasattr(trainer, "logger") else None
         if loss is not None:
             bar.set_postfix(loss=f"{loss:.3f}")

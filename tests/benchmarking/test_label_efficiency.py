@@ -385,3 +385,36 @@ def test_the_grid_runs_on_ray_and_on_slurm_and_matches_evaluate(engine, tmp_path
     assert len(before) == 2
     benchmark_main(args + executor)  # done: nothing is submitted again
     assert "2 jobs, 0 to run" in capsys.readouterr().out and _checkpoints(out) == before
+
+
+@pytest.mark.parametrize("events, expected", [
+    ([("T_4epochs_2it", 1), ("T_4epochs_2it", 2)], [1, 2]),               # a fresh training
+    ([("T_4epochs_2it", 3), ("T_4epochs_2it", 4)], [3, 4]),               # resumed after epoch 2
+    ([("T_4epochs_2it", 4), ("T_4epochs_2it_stage1", 1)], [4, 5]),        # stage 1 continues the bar
+    ([("T_4epochs_2it_stage1", 3), ("T_4epochs_2it_stage1", 4)], [7, 8]),  # stage 1 resumed: stage 0 counted
+])
+def test_job_progress_bar_follows_the_trainers_epoch(events, expected, monkeypatch):
+    """The per-job bar shows epochs done, also when a training resumes from its checkpoint (it used to restart at 0)."""
+    import tqdm as tqdm_module
+    from types import SimpleNamespace
+    from semi_nnunet.benchmarking.label_efficiency import _epoch_progress
+    from semi_nnunet.trainers.schedule import EPOCH_LISTENERS
+    seen = []
+
+    class Bar:
+        def __init__(self, total, **kwargs):
+            self.total, self.n = total, 0
+
+        def refresh(self):
+            seen.append(self.n)
+
+        def set_postfix(self, **kwargs):
+            pass
+
+        def close(self):
+            pass
+    monkeypatch.setattr(tqdm_module, "tqdm", Bar)
+    with _epoch_progress(SimpleNamespace(stages=1, describe=lambda: "job"), 4):
+        for name, epoch in events:
+            EPOCH_LISTENERS[-1](type(name, (), {"current_epoch": epoch})())
+    assert seen == expected and not EPOCH_LISTENERS
