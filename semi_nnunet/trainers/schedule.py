@@ -45,11 +45,12 @@ workers it forks (or spawns) keep it blocked and neither die of it nor run the p
 meanwhile is delivered once the handler is in place. Under DDP the ranks agree after every iteration (one all-reduce
 of the flag), so all stop after the same iteration; only rank 0 writes the checkpoint.
 """
+import contextlib
 import os
 import signal
 import sys
 import threading
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -78,13 +79,20 @@ def _signal_name(signum: int) -> str:
 
 
 class TrainingInterrupted(SystemExit):
-    """Training stopped on SIGUSR1 after writing a checkpoint that ``--c`` continues from; exit code 75."""
+    """Training stopped on SIGUSR1 after writing a checkpoint that ``--c`` continues from; exit code 75.
+    ``iteration``/``epoch`` None: the parent of DDP ranks, which knows only that its ranks stopped."""
 
-    def __init__(self, signum: int, iteration: int, epoch: int, folder: str, checkpoint_written: bool = True):
+    def __init__(self, signum: int, iteration: Optional[int], epoch: Optional[int], folder: str,
+                 checkpoint_written: bool = True):
         where = f"checkpoint_latest.pth written to {folder}" if checkpoint_written else \
             f"no checkpoint written to {folder} (checkpointing is disabled)"
-        self.message = (f"Training interrupted by signal {_signal_name(signum)} after iteration {iteration} of epoch "
-                        f"{epoch}; {where}; continue with `--c` (same command).")
+        if iteration is None:
+            self.message = (f"DDP training interrupted by signal {_signal_name(signum)}: the ranks stopped after the "
+                            f"same iteration; the latest checkpoint is in {folder}; continue with `--c` (same "
+                            f"command).")
+        else:
+            self.message = (f"Training interrupted by signal {_signal_name(signum)} after iteration {iteration} of "
+                            f"epoch {epoch}; {where}; continue with `--c` (same command).")
         super().__init__(INTERRUPTED_EXIT_CODE)
         self.code = INTERRUPTED_EXIT_CODE
         self.signum, self.iteration, self.epoch, self.folder = signum, iteration, epoch, folder
@@ -95,6 +103,48 @@ class TrainingInterrupted(SystemExit):
 
     def __str__(self) -> str:
         return self.message
+
+
+@contextlib.contextmanager
+def preemption_forwarded_to_ranks(folder: str) -> Iterator[None]:
+    """Around nnU-Net's ``mp.spawn`` of the DDP ranks, in their parent: SIGUSR1 to the parent (Slurm signals every
+    process of a step, a scheduler or ``scancel --signal`` may signal only the parent, whose default action would kill
+    it and orphan the ranks) is passed on to every rank, which checkpoints and stops as above; the parent waits for
+    them, then calls a previous Python handler (submitit's requeue) or raises :class:`TrainingInterrupted` (exit 75).
+    A rank that had not installed its handler yet dies of the signal before training anything: ``--c`` loses
+    nothing. A signal after the ranks' last iteration lets them finish; the previous Python handler is then called."""
+    if PREEMPTION_SIGNAL is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    import multiprocessing
+    received: List[int] = []
+
+    def forward(signum, frame) -> None:
+        if not received:
+            received.append(signum)
+        for child in multiprocessing.active_children():
+            try:
+                os.kill(child.pid, signum)
+            except (ProcessLookupError, TypeError):  # gone, or not started (pid None)
+                pass
+    previous = signal.getsignal(PREEMPTION_SIGNAL)
+    signal.signal(PREEMPTION_SIGNAL, forward)
+    failure = None
+    try:
+        yield
+    except BaseException as e:  # noqa: BLE001 (mp.spawn's exception for a rank that exited 75 or died of the signal)
+        if not received:
+            raise
+        failure = e
+    finally:
+        signal.signal(PREEMPTION_SIGNAL, previous if previous is not None else signal.SIG_DFL)
+    if received:
+        if callable(previous):
+            previous(received[0], None)  # e.g. submitit: requeue and exit
+        if failure is not None:
+            interrupted = TrainingInterrupted(received[0], None, None, folder)
+            print(interrupted.message, file=sys.stderr, flush=True)
+            raise interrupted from failure
 
 
 class ScheduleMixin:

@@ -5,6 +5,7 @@ and the benchmark build on it). :func:`check_request` checks all of it up front;
 one trainer (it is the function a training task of :mod:`semi_nnunet.tasks` runs, in this process, on a Ray worker or
 in a Slurm job). The work is done by nnU-Net's own ``run_training`` (single device and DDP).
 """
+import contextlib
 import os
 from dataclasses import dataclass, replace
 from typing import List, Optional, Tuple, Union
@@ -257,6 +258,7 @@ def train_fold(request: TrainRequest, fold: Fold, trainer: Optional[str] = None,
 
     from semi_nnunet.planners.plan_and_preprocess_api import find_dataset_name
     from semi_nnunet.tasks.locks import claim
+    from semi_nnunet.trainers.schedule import preemption_forwarded_to_ranks
     trainer = trainer or request.trainer
     if request.device == "cuda" and not torch.cuda.is_available():  # checked here for jobs on other machines
         import socket
@@ -295,7 +297,9 @@ def train_fold(request: TrainRequest, fold: Fold, trainer: Optional[str] = None,
             maybe_load_checkpoint(nnunet_trainer, continue_training, False, pretrained)
             nnunet_trainer.run_training()
         else:
-            run_training(dataset_name, configuration, fold, trainer, plans, pretrained, request.num_gpus,
-                         request.export_validation_probabilities, continue_training, request.only_run_validation,
-                         request.disable_checkpointing, request.val_with_best, device=device)
+            with preemption_forwarded_to_ranks(folder) if request.num_gpus > 1 else contextlib.nullcontext():
+                run_training(dataset_name, configuration, fold, trainer, plans, pretrained, request.num_gpus,
+                             request.export_validation_probabilities, continue_training,
+                             request.only_run_validation, request.disable_checkpointing, request.val_with_best,
+                             device=device)
     return folder

@@ -253,3 +253,30 @@ def test_augmentation_workers_keep_sigusr1_blocked(env, monkeypatch):
     assert seen["alive"] == [True] * len(workers), seen
     assert seen["main_blocked"] is False
     assert not any(p.is_alive() for p in workers), "the workers are shut down"
+
+
+@pytest.mark.parametrize("previous", ["none", "submitit"])
+def test_ddp_parent_passes_sigusr1_on_to_the_ranks_and_waits_for_them(tmp_path, previous):
+    """Only the parent of the DDP ranks is signalled (``scancel --signal=USR1`` to the batch step, a scheduler that
+    signals the main process): every rank gets it, and the parent exits 75 after them (or, with submitit's handler,
+    requeues once the ranks are done) instead of dying of SIGUSR1 and orphaning the ranks."""
+    import subprocess
+    import sys
+    import time
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "preemption_ranks.py")
+    proc = subprocess.Popen([sys.executable, script, str(tmp_path)] + ([previous] if previous != "none" else []),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not all((tmp_path / f"ready{i}").exists() for i in (0, 1)):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGUSR1)
+    out, err = proc.communicate(timeout=120)
+    assert all((tmp_path / f"got{i}").read_text() == f"[{int(signal.SIGUSR1)}]" for i in (0, 1)), (out, err)
+    if previous == "none":
+        assert proc.returncode == 75, (out, err)
+        assert "DDP training interrupted by signal SIGUSR1" in err and "continue with `--c`" in err
+    else:
+        assert proc.returncode == 3, (out, err)  # submitit's handler ran, after both ranks had stopped
+        assert (tmp_path / "requeued").read_text() == "got0 got1 ready0 ready1 requeued"
+    assert "finished without a signal" not in out
