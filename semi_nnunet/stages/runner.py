@@ -57,6 +57,19 @@ def _stop_file(initial_folder: str, stage: int) -> str:
     return join(initial_folder, "pseudo_labels", f"stage_{stage}", "stop_decision.json")
 
 
+def _stopped_marker(initial_folder: str, stage: int, threshold: float) -> str:
+    """Written only when the agreement check of ``stage`` stops the pipeline at this threshold: the later stages'
+    tasks are done (a rerun with another ``--stop-agreement`` decides again)."""
+    return join(initial_folder, "pseudo_labels", f"stage_{stage}", f"stopped_at_agreement_{threshold:g}.json")
+
+
+def _stops_up_to(request: TrainRequest, initial_folder: str, stage: int) -> List[str]:
+    """A task's ``skipped_if``: the stop markers of the agreement checks of stages 2..``stage``."""
+    if request.stop_agreement is None:
+        return []
+    return [_stopped_marker(initial_folder, k, request.stop_agreement) for k in range(2, stage + 1)]
+
+
 def stopped_at(request: TrainRequest, initial_folder: str, stage: int) -> Optional[int]:
     """With ``--stop-agreement``: the first stage <= ``stage`` whose agreement check decided to stop, else None."""
     if request.stop_agreement is None:
@@ -116,8 +129,10 @@ def check_agreement(request: TrainRequest, stage: int, initial_folder: str, prev
     if stop:
         print(f"Stopping before stage {stage}: its pseudo-labels agree with stage {stage - 1}'s at {mean:.4f} "
               f">= {request.stop_agreement} (--stop-agreement).")
-    save_json_atomic({"stage": stage, "agreement": mean, "threshold": request.stop_agreement, "stop": stop},
-                     _stop_file(initial_folder, stage))
+    decision = {"stage": stage, "agreement": mean, "threshold": request.stop_agreement, "stop": stop}
+    save_json_atomic(decision, _stop_file(initial_folder, stage))
+    if stop:  # after the decision: a rerun finds the later stages' tasks done
+        save_json_atomic(decision, _stopped_marker(initial_folder, stage, request.stop_agreement))
     return stop
 
 
@@ -171,6 +186,7 @@ def stage_graph(request: TrainRequest, dataset_name: str, folds: Sequence[Fold],
                                     all_folds=list(folds), unlabeled_folder=unlabeled_folder, output=output),
                                deps=[_keys(g, k - 1)["train"] for g in sources],
                                outputs=[join(output, "provenance.json")], gpus=min(gpus, 1), cost=0.2,
+                               skipped_if=_stops_up_to(request, initial, k - 1),
                                label=f"stage {k}: pseudo-labels for fold {f} from "
                                      f"{stage_trainer_name(trainer, k - 1)} fold(s) {', '.join(map(str, sources))} "
                                      f"-> {output}"))
@@ -179,6 +195,7 @@ def stage_graph(request: TrainRequest, dataset_name: str, folds: Sequence[Fold],
                                dict(request=request, stage=k, initial_folder=initial, previous=pseudo[k - 1],
                                     current=pseudo[k]),
                                deps=[_keys(f, k)["pseudo"] for f in ordered], cost=0.01,
+                               skipped_if=_stops_up_to(request, initial, k - 1),
                                label=f"stage {k}: agreement of its pseudo-labels with stage {k - 1}'s"))
         for f in ordered:
             deps = [_keys(f, k)["pseudo"]] if k else []
@@ -189,6 +206,7 @@ def stage_graph(request: TrainRequest, dataset_name: str, folds: Sequence[Fold],
                            dict(request=request, fold=f, stage=k, initial_folder=initial,
                                 pretrained_weights=pretrained),
                            deps=deps, outputs=fold_outputs(join(model, f"fold_{f}"), request), gpus=gpus,
+                           skipped_if=_stops_up_to(request, initial, k),
                            label=f"stage {k}: train {name} fold {f}"))
         models.append(model)
     graph.add(Task("report", "semi_nnunet.stages.runner:write_report",

@@ -1,7 +1,9 @@
 """Tasks and their graph.
 
 A task is idempotent: its ``outputs`` (files) all existing means it is done, and every executor skips a done task,
-so running a graph again continues where it stopped. A task without outputs (a report) always runs. Functions are
+so running a graph again continues where it stopped. A task without outputs (a report) always runs.
+``skipped_if``: files any one of which means the task is not needed (done without outputs: a later stage after an
+early stop). Functions are
 named by dotted path (``"package.module:function"``) and called with keyword arguments, so a task can be pickled to
 another process or machine and run there.
 """
@@ -38,7 +40,7 @@ class Task:
     ``num_cpus``/``num_gpus``, Slurm's CPUs per task and GPUs); ``cost``: a relative duration, for the critical path
     and ``--dry-run``; ``env``: environment variables set in the process that runs it; ``fresh_process``: Ray runs
     it in a new worker process (a training: GPU memory and nnU-Net's module state start clean), else in a reused one
-    (short tasks)."""
+    (short tasks); ``skipped_if``: files any of which means the task is not needed."""
     key: str
     fn: str
     kwargs: Dict[str, Any] = field(default_factory=dict)
@@ -50,8 +52,11 @@ class Task:
     cost: float = 1.0
     env: Dict[str, str] = field(default_factory=carried_environment)
     fresh_process: bool = True
+    skipped_if: List[str] = field(default_factory=list)
 
     def done(self) -> bool:
+        if any(os.path.isfile(f) for f in self.skipped_if):
+            return True
         return bool(self.outputs) and all(os.path.isfile(o) for o in self.outputs)
 
     def run(self) -> Any:

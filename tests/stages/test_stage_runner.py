@@ -69,6 +69,13 @@ def test_two_stages_on_one_fold_then_rerun_is_a_no_op(nnunet_paths, monkeypatch,
     assert os.path.isfile(join(initial, "pseudo_labels", "stage_2", "fold_0", "provenance.json"))
     assert not os.path.exists(join(results, f"{TRAINER}_stage2__nnUNetPlans__2d"))
     assert [r["stage"] for r in load_json(join(initial, "stages.json"))["rows"]] == [0, 1]
+    # a rerun finds the stopped stage done (no task to submit again); another threshold decides again
+    train_main(["991", "2d", TRAINER, "0", "-device", "cpu", "--stages", "2", "--stop-agreement", "0.0", "--dry-run"])
+    plan = capsys.readouterr().out.splitlines()
+    assert any(f"[done] stage 2: train {TRAINER}_stage2 fold 0" in line for line in plan), plan
+    train_main(["991", "2d", TRAINER, "0", "-device", "cpu", "--stages", "2", "--stop-agreement", "1.5", "--dry-run"])
+    plan = capsys.readouterr().out.splitlines()
+    assert any(f"[to do] stage 2: train {TRAINER}_stage2 fold 0" in line for line in plan), plan
 
     # fine-tuning: stage 2 starts from fold 0's final stage-1 model
     train_main(["991", "2d", TRAINER, "0", "-device", "cpu", "--stages", "2", "--finetune"])
