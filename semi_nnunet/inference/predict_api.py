@@ -170,18 +170,25 @@ def predict(input_folder: str, output_folder: str, members: Sequence[Member], da
     cases = input_cases(input_folder, dataset_json)
     record = _record(members, average, use_mirroring, step_size)
     _check_output_folder(output_folder, record, overwrite)
+    record_id = hashlib.sha1(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
     torch_device = torch.device(device)
     classifiers = [(m, load_classifiers(m, torch_device)) for m in members]
     classifiers = [(m, t) for m, t in classifiers if t]
     classes_folder = join(output_folder, CLASSES_FOLDER)
 
+    def classified(case: str) -> bool:  # by this ensemble: a part of an --overwrite run leaves the others' old ones
+        f = join(classes_folder, case + ".json")
+        return isfile(f) and load_json(f).get("ensemble") == record_id
+
     def finished(case: str) -> bool:
         return isfile(join(output_folder, case + ending)) and (
             not save_probabilities or isfile(join(output_folder, case + ".npz"))) and (
-            not classifiers or isfile(join(classes_folder, case + ".json")))
+            not classifiers or classified(case))
     mine = sorted(cases)[part_id::num_parts]
     todo = [c for c in mine if overwrite or not finished(c)]
+    if overwrite and todo and isfile(join(output_folder, "classes.csv")):
+        os.remove(join(output_folder, "classes.csv"))  # rebuilt once every case is classified again
     os.makedirs(output_folder, exist_ok=True)
     save_json_atomic(record, join(output_folder, RECORD))
     for name in ("dataset.json", "plans.json"):  # as nnUNetv2_predict does: nnUNetv2_ensemble reads them
@@ -217,7 +224,8 @@ def predict(input_folder: str, output_folder: str, members: Sequence[Member], da
             outputs = [g.predict(data, average) for g, (data, _) in zip(groups.values(), inputs)]
             if classifiers:
                 probs = torch.stack([classify(t, inputs[member_group[id(m)]][0]) for m, t in classifiers]).mean(0)
-                save_json_atomic({"probabilities": [float(v) for v in probs]}, join(classes_folder, case + ".json"))
+                save_json_atomic({"probabilities": [float(v) for v in probs], "ensemble": record_id},
+                                 join(classes_folder, case + ".json"))
             properties = [props for _, props in inputs]
             writing.append(writer.submit(_export, case, list(groups.values()), outputs, properties, weights,
                                          average, save_probabilities, staging, output_folder, ending,
@@ -227,7 +235,7 @@ def predict(input_folder: str, output_folder: str, members: Sequence[Member], da
         for f in writing:
             f.result()
     shutil.rmtree(staging, ignore_errors=True)
-    if classifiers and all(isfile(join(classes_folder, c + ".json")) for c in cases):  # the last part writes it
+    if classifiers and all(classified(c) for c in cases):  # the last part writes it, from one ensemble's classes
         rows = {c: load_json(join(classes_folder, c + ".json"))["probabilities"] for c in sorted(cases)}
         write_classes_csv(output_folder, rows, class_names(classifiers[0][1][0]))
     return todo

@@ -128,3 +128,12 @@ def test_2d_with_classes_train_resume_predict_classify(nnunet_paths, monkeypatch
     summary = evaluate(join(raw, "labelsTs"), ours, num_processes=1, ref_classes=ref_classes)
     expected = np.mean([int(rows[c]["predicted_class"]) == truth[c] for c in truth])
     assert summary["classification"]["accuracy"] == expected and summary["classification"]["n"] == 2
+
+    # --overwrite in two parts with another ensemble (mirroring on): after part 0 alone no classes.csv mixes its
+    # case with part 1's old one; part 1 then writes it from the new ensemble only
+    for part in (0, 1):
+        predict(join(raw, "imagesTs"), ours, [Member(model, [0])], device="cpu", use_mirroring=True,
+                show_progress=False, overwrite=True, num_parts=2, part_id=part)
+        assert os.path.isfile(join(ours, "classes.csv")) == (part == 1)
+    with open(join(ours, "classes.csv")) as f:
+        assert sorted(r["case"] for r in csv.DictReader(f)) == ["test000", "test001"]
