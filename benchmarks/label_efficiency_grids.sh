@@ -53,7 +53,11 @@ grid() {  # grid NAME COMMIT ARGS...: restore, then two workers on that commit's
 save() { for name in hc18_grid hc18_b160 hc18_n20_grid hippo_grid; do
     [ -d "$WORK/$name" ] && mkdir -p "$REPO/documentation/benchmarks/$name/jobs" \
         && jobs_copy "$WORK/$name" "$REPO/documentation/benchmarks/$name/jobs"
-    [ -f "$WORK/$name/results.json" ] && cp "$WORK/$name"/results.json "$REPO/documentation/benchmarks/$name/" \
+    [ -f "$WORK/$name/results.json" ] && cp "$WORK/$name"/results.json "$REPO/documentation/benchmarks/$name/"
+    # no machine path in a committed record: WORK's raw datasets as $nnUNet_raw, its folders relative
+    [ -d "$REPO/documentation/benchmarks/$name" ] && find "$REPO/documentation/benchmarks/$name" -name '*.json' \
+        -exec sed -i "s#$WORK/raw/#\$nnUNet_raw/#g; s#$WORK/##g" {} +
+    [ -f "$WORK/$name/results.json" ] \
         && (cd "$REPO" && PYTHONPATH=$REPO python -c "import sys; from semi_nnunet.benchmarking.label_efficiency \
 import rewrite_report; rewrite_report(sys.argv[1], sys.argv[1] + '/jobs', 3)" "documentation/benchmarks/$name")
     done
