@@ -322,9 +322,8 @@ class HierarchicalCautiousAdamW(_TwoGradientOptimizer):
         """The two compiled kernels per tensor (1-D views; dynamic shapes: one compilation for every size)."""
         b1, b2, lr, wd = group["betas"][0], group["betas"][1], group["lr"], group["weight_decay"]
         first, second = _compiled(_adamw_labeled), _compiled(_adamw_refined)
-        _, _, steps = self._state(params)
-        views = [[t.detach().view(-1) for t in (p, self.state[p]["exp_avg"], self.state[p]["exp_avg_sq"], gl, gu)]
-                 for p, gl, gu in zip(params, grads_l, grads_u)]
+        ms, vs, steps = self._state(params)
+        views = [[t.detach().view(-1) for t in tensors] for tensors in zip(params, ms, vs, grads_l, grads_u)]
         cs = [torch.tensor([1 - b1, b2, 1 - b2, -lr / (1 - b1 ** t), (1 - b2 ** t) ** 0.5, group["eps"],
                             0.0 if self.decoupled else wd, 1 - lr * wd if self.decoupled else 1.0,
                             group["mask_eps"], float(group["second_mask"])], dtype=p.dtype, device=p.device)
