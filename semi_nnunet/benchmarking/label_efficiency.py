@@ -45,6 +45,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Union
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, maybe_mkdir_p
 
+from semi_nnunet.dataset_conversion.common import choose_labeled
 from semi_nnunet.utilities.errors import InputError
 from semi_nnunet.utilities.environment import nnunet_paths
 from semi_nnunet.tasks.executors import ExecutorOptions, run_graph
@@ -79,12 +80,6 @@ def source_dataset(dataset) -> str:
             join(folder, "labelsTs" if missing else "imagesTs"),
             "put test images into imagesTs/ and their masks into labelsTs/ (the converters do this with --num-test).")
     return folder
-
-
-def choose_labeled(labeled_ids: Sequence[str], n: int, seed: int) -> List[str]:
-    """The first ``n`` of one seeded permutation of the labeled ids: nested subsets for growing ``n``."""
-    order = np.random.default_rng(seed).permutation(sorted(labeled_ids))
-    return sorted(str(c) for c in order[:n])
 
 
 def make_subset(source: str, target_raw: str, dataset_id: int, n: int, seed: int) -> str:

@@ -76,6 +76,13 @@ def grouped_split(case_to_patient: Dict[str, Hashable], num_labeled: int, num_un
 
 
 # ------------------------------------------------------------------------------------------------------ PNG writing
+def choose_labeled(labeled_ids: Sequence[str], n: int, seed: int) -> List[str]:
+    """The first ``n`` of one seeded permutation of the labeled ids: nested subsets for growing ``n`` (the
+    label-efficiency benchmark's subsets, and the demo data's labeled cases)."""
+    order = np.random.default_rng(seed).permutation(sorted(labeled_ids))
+    return sorted(str(c) for c in order[:n])
+
+
 def write_png(array: np.ndarray, path: str) -> None:
     """Write a greyscale (H, W) uint8/uint16 or RGB (H, W, 3) uint8 image as PNG, atomically."""
     from PIL import Image

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
 
-from semi_nnunet.benchmarking.label_efficiency import (BenchmarkError, choose_labeled, make_subset, parse_labeled,
-                                                       plan_grid, trainer_names)
+from semi_nnunet.benchmarking.label_efficiency import (BenchmarkError, make_subset, parse_labeled, plan_grid,
+                                                       trainer_names)
+from semi_nnunet.dataset_conversion.common import choose_labeled
 from semi_nnunet.dataset_conversion.synthetic import make_synthetic_dataset
 from semi_nnunet.run.benchmark_entrypoint import main as benchmark_main
 from semi_nnunet.run.evaluate_entrypoint import main as evaluate_main

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 import semi_nnunet
+from semi_nnunet.dataset_conversion.common import choose_labeled
 from semi_nnunet.dataset_conversion.folder_2d import convert_2d_folder
 from semi_nnunet.run.conversion_entrypoints import convert_2d_folder_entry
 from semi_nnunet.utilities.raw_dataset import UNLABELED_FOLDER, DatasetError, check_semi_dataset
@@ -210,16 +211,24 @@ def test_demo_data_complete():
             image = _read(os.path.join(DEMO, part, "images", f))
             mask = _read(os.path.join(DEMO, part, "masks", f))
             assert image.dtype == mask.dtype == np.uint8 and image.ndim == 2
-            assert image.shape == mask.shape and max(image.shape) == 160
+            assert image.shape == mask.shape and max(image.shape) == 64
             assert set(np.unique(mask).tolist()) == {0, 1}
     unlabeled = sorted(os.listdir(os.path.join(DEMO, "unlabeled")))
     counts["unlabeled"] = len(unlabeled)
-    assert counts == {"labeled": 20, "unlabeled": 40, "test": 20}
+    assert counts == {"labeled": 5, "unlabeled": 295, "test": 100}
     patients = {part: {f.split("_")[0] for f in os.listdir(os.path.join(DEMO, part, "images"))}
                 for part in ("labeled", "test")}
     patients["unlabeled"] = {f.split("_")[0] for f in unlabeled}
-    assert not (patients["labeled"] & patients["test"]) and not (patients["labeled"] & patients["unlabeled"])
-    assert not (patients["test"] & patients["unlabeled"])
+    # no test patient in training; a labeled image's patient may have other images among the unlabeled ones (the
+    # benchmark's subsets turn the pooled labeled images they do not choose into unlabeled images)
+    assert not (patients["labeled"] & patients["test"]) and not (patients["test"] & patients["unlabeled"])
+    # the benchmark's HC18 setting: its 5-label subset 0 of the pooled split, the other pooled labeled images unlabeled
+    info = json.load(open(os.path.join(DEMO, "demo_info.json"), encoding="utf-8"))
+    pool_labeled = [f[:-4] for f in info["pool"]["labeled"]]
+    assert sorted(f[:-4] for f in info["splits"]["labeled"]) == choose_labeled(pool_labeled, 5, 0) == \
+        sorted(f[:-4] for f in os.listdir(os.path.join(DEMO, "labeled", "images")))
+    assert sorted(info["splits"]["unlabeled"]) == unlabeled == \
+        sorted(set(info["pool"]["labeled"]) - set(info["splits"]["labeled"]) | set(info["pool"]["unlabeled"]))
     text = open(os.path.join(DEMO, "ATTRIBUTION.md"), encoding="utf-8").read()
     assert "CC BY 4.0" in text and "van den Heuvel" in text and "PLoS ONE" in text
     size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(DEMO) for f in fs)
@@ -233,6 +242,6 @@ def test_demo_data_converts(tmp_path):
                                test_masks_dir=os.path.join(DEMO, "test", "masks"), label_names=["background", "head"],
                                output_root=str(tmp_path), verbose=False)
     ds = check_semi_dataset(folder, read_pixels=True)
-    assert len(ds.labeled) == 20 and len(ds.unlabeled) == 40
-    assert len(os.listdir(os.path.join(folder, "labelsTs"))) == 20
+    assert len(ds.labeled) == 5 and len(ds.unlabeled) == 295
+    assert len(os.listdir(os.path.join(folder, "labelsTs"))) == 100
     shutil.rmtree(folder)
