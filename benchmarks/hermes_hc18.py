@@ -4,14 +4,13 @@
     python benchmarks/hermes_hc18.py --hc18 $DATA/HC18/training_set
 
 HC18 has no image-level classes, so Hermes runs segmentation-only on it (dual threshold + pixel contrast). To exercise
-the classification branch as well, a second copy of the same split gets a proxy class per labeled and test image:
-1 ("large") when the head covers more of the image than the labeled images' median, else 0 ("small"); unlabeled
-images get none (Hermes never reads an unlabeled image's class). Every trainer gets the demo's schedule (8 epochs x
-20 iterations: ``nnUNetTrainer_demo``, ``MeanTeacherTrainer_demo``, ``HermesTrainer_demo``), fold ``all``; test
-images are predicted with nnU-Net's predictor and scored with nnU-Net's evaluation (foreground Dice); the
-classifier's test accuracy comes from
-``HermesTrainer.classify`` on nnU-Net-preprocessed test images.
-"""
+the classification branch as well, a second copy of the same split gets a proxy class per labeled and test image: 1
+("large") when the head covers more of the image than the labeled images' median, else 0 ("small"); unlabeled images get
+none (Hermes never reads an unlabeled image's class). Every trainer gets the demo's schedule (``nnUNetTrainer_demo``,
+``MeanTeacherTrainer_demo``, ``HermesTrainer_demo``; the runs recorded in documentation/benchmarks.md used its earlier 8
+epochs x 20 iterations), fold ``all``; test images are predicted with nnU-Net's predictor and scored with nnU-Net's
+evaluation (foreground Dice); the classifier's test accuracy comes from ``HermesTrainer.classify`` on
+nnU-Net-preprocessed test images."""
 import argparse
 import os
 import tempfile
@@ -61,6 +60,11 @@ def classification_accuracy(model: str, raw: str, device: str) -> float:
     return float(np.mean(hits))
 
 
+def _demo_budget() -> str:
+    from semi_nnunet.trainers.variants import nnUNetTrainer_demo
+    return "{num_epochs} epochs x {num_iterations_per_epoch} iterations".format(**nnUNetTrainer_demo.schedule)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hc18", required=True)
@@ -107,7 +111,7 @@ def main() -> None:
         rows.append((label, trainer, dice, accuracy, seconds))
 
     print(f"\nHC18, {args.num_labeled} labeled / {args.num_unlabeled} unlabeled / {args.num_test} test images, longer "
-          f"side {args.max_size} px, 8 epochs x 20 iterations per training (the demo budget), fold all")
+          f"side {args.max_size} px, {_demo_budget()} per training (the demo budget), fold all")
     print("\n| run | trainer | test Dice | test accuracy (proxy classes) | training wall time (s) |")
     print("|---|---|---|---|---|")
     for label, trainer, dice, accuracy, seconds in rows:

@@ -4,12 +4,12 @@ pseudo-label generation time vs stock nnUNetv2_predict on the same model and cas
     python benchmarks/semi_cervixseg_hc18.py --hc18 $DATA/HC18/training_set
 
 HC18 is converted with a seeded, patient-grouped split (few labeled, an unlabeled pool, a held-out labeled test set),
-downsampled so the longer side is ``--max-size`` px (a CPU budget). Every trainer gets the demo's schedule (8 epochs
-x 20 iterations: ``nnUNetTrainer_demo``, ``SemiCervixTrainer_demo`` and its stage 1), fold ``all``; the test
-images are predicted with nnU-Net's predictor and scored with nnU-Net's evaluation (foreground Dice). Timing: the
-stage runner's pseudo-label step (preprocessed
-unlabeled cases -> hard labels, no mirroring) against ``nnUNetv2_predict --disable_tta`` on the raw unlabeled images,
-same model and fold, one process each, in one run.
+downsampled so the longer side is ``--max-size`` px (a CPU budget). Every trainer gets the demo's schedule
+(``nnUNetTrainer_demo``, ``SemiCervixTrainer_demo`` and its stage 1; the runs recorded in documentation/benchmarks.md
+used its earlier 8 epochs x 20 iterations), fold ``all``; the test images are predicted with nnU-Net's predictor and
+scored with nnU-Net's evaluation (foreground Dice). Timing: the stage runner's pseudo-label step (preprocessed unlabeled
+cases -> hard labels, no mirroring) against ``nnUNetv2_predict --disable_tta`` on the raw unlabeled images, same model
+and fold, one process each, in one run.
 """
 import argparse
 import os
@@ -19,6 +19,11 @@ import tempfile
 import time
 
 from batchgenerators.utilities.file_and_folder_operations import join
+
+
+def _demo_budget() -> str:
+    from semi_nnunet.trainers.variants import nnUNetTrainer_demo
+    return "{num_epochs} epochs x {num_iterations_per_epoch} iterations".format(**nnUNetTrainer_demo.schedule)
 
 
 def main() -> None:
@@ -77,7 +82,7 @@ def main() -> None:
     n = args.num_unlabeled
 
     print(f"\nHC18, {args.num_labeled} labeled / {n} unlabeled / {args.num_test} test images, longer side "
-          f"{args.max_size} px, 8 epochs x 20 iterations per training (the demo budget), fold all")
+          f"{args.max_size} px, {_demo_budget()} per training (the demo budget), fold all")
     print("\n| trainer | test Dice |\n|---|---|")
     for trainer, dice in rows:
         print(f"| {trainer} | {dice:.4f} |")

@@ -33,21 +33,31 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, monkeypatch, capsys):
 
 
 def test_the_demo_trains_the_benchmarks_best_method_and_prints_the_benchmark():
-    """The demo's method is the one its packaged benchmark summary shows best, and the summary is the one its source
-    results.json gives (no number in it typed by hand)."""
+    """The demo's method is the one its packaged benchmark summary shows best; both packaged summaries (the converged
+    benchmark, and the benchmark at the demo's own budget and labeled subset) are the ones their source results.json
+    give (no number in them typed by hand), and the demo's budget is the one that benchmark measured."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
     from semi_nnunet.benchmarking.report import best_method, summary
-    from semi_nnunet.demo_api import BENCHMARK_SUMMARY, DEFAULT_TRAINERS, benchmark_context
-    packaged = load_json(BENCHMARK_SUMMARY)
+    from semi_nnunet.demo_api import BENCHMARK_SUMMARY, DEFAULT_TRAINERS, DEMO_BUDGET_SUMMARY, benchmark_context
+    from semi_nnunet.trainers.variants import nnUNetTrainer_demo
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    assert {"source": packaged["source"], **summary(load_json(os.path.join(repo, packaged["source"])))} == packaged
+    packaged, demo = load_json(BENCHMARK_SUMMARY), load_json(DEMO_BUDGET_SUMMARY)
+    for summ in (packaged, demo):
+        assert {"source": summ["source"], **summary(load_json(os.path.join(repo, summ["source"])))} == summ
     best = best_method(packaged, packaged["rows"][0]["labeled"])
     assert DEFAULT_TRAINERS == ("nnUNetTrainer_demo", f"{best}_demo" if best else "nnUNetTrainer_demo")
+    schedule = nnUNetTrainer_demo.schedule
+    assert (demo["budget"]["epochs"], demo["budget"]["iterations_per_epoch"]) == \
+        (schedule["num_epochs"], schedule["num_iterations_per_epoch"])
+    assert demo["rows"][0]["labeled"] == str(len(os.listdir(os.path.join(DEMO_DATA, "labeled", "images"))))
     text = benchmark_context({"nnUNetTrainer_demo": 0.8, f"{best}_demo": 0.81})
-    assert "ONE short training" in text and f"Best in this benchmark: {best}" in text
+    assert "ONE training" in text and f"Best in this benchmark: {best}" in text
     row = next(r for r in packaged["rows"] if r["method"] == best)
-    assert f"{row['delta']:+.4f}" in text
+    demo_row = next(r for r in demo["rows"] if r["method"] == best)
+    assert f"{row['delta']:+.4f}" in text and f"{demo_row['delta']:+.4f}" in text
+    assert ("At the demo's budget " + best + (" is ahead" if best_method(demo, demo_row["labeled"]) == best
+                                              else " is NOT ahead")) in text
 
 
 @pytest.mark.slow  # three trainings (baseline, stage 0, stage 1) and a pseudo-labelling pass on the bundled data

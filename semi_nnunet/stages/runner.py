@@ -40,7 +40,9 @@ def pseudo_label_source_folds(model_folder: str, fold: Fold, all_folds: Sequence
     numbered = [f for f in all_folds if f != "all" and _is_trained(model_folder, f)]
     if numbered:
         return numbered
-    print(f"WARNING: no numbered fold models in {model_folder}; fold 'all' is pseudo-labelled by its own model.")
+    # fold 'all' has no validation cases, so its own model labelling its next stage leaks nothing: a note, not a warning
+    print(f"Note: no numbered fold models in {model_folder}; fold 'all' is pseudo-labelled by its own model "
+          "(train folds 0-4 first for an ensemble of the folds).")
     return ["all"]
 
 

@@ -24,7 +24,7 @@ def test_ema_decay(step, decay, expected):
     (0.99, 0.02, 250_000, 0.99),       # nnU-Net's 1000 x 250: the paper's decay
     (0.99, 0.02, 5_000, 0.99),         # the shortest run that still gets it: horizon 100 steps
     (0.99, 0.02, 4_000, 1 - 1 / 80),   # 0.9875: the benchmark's budget
-    (0.99, 0.02, 160, 1 - 1 / 3.2),    # 0.6875: the demo (8 x 20)
+    (0.99, 0.02, 160, 1 - 1 / 3.2),    # 0.6875: 8 epochs x 20 iterations (the first demo)
     (0.99, 0.02, 50, 0.0),             # a horizon of one step: the teacher is the student
     (0.99, None, 160, 0.99),           # the rule switched off
     (0.9, 0.02, 4_000, 0.9),           # a decay below the budget's stays
