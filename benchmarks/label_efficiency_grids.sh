@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The converged, multi-seed label-efficiency grids recorded in documentation/benchmarks.md (issue: a benchmark that
 # can be trusted). Resumable: rerun the same script and only unfinished jobs run. Usage:
-#   DATA=/path/to/data WORK=/path/with/space bash benchmarks/label_efficiency_grids.sh [hc18|hc18_new|hc18_b160_base|hc18_b160_first|hc18_b160_um0|hc18_b160_sc0|hc18_b160_n20base|hc18_b160_n20|hc18_b160_schco|hc18_b160|hc18_b160_more|hippo|hc18_demo_budget|save] ...
+#   DATA=/path/to/data WORK=/path/with/space bash benchmarks/label_efficiency_grids.sh [hc18|hc18_new|hc18_b160_base|hc18_b160_first|hc18_b160_um0|hc18_b160_sc0|hc18_b160_n20base|hc18_b160_n20|hc18_b160_schco|hc18_b160|hc18_b160_more|hippo_base|hippo_sc|hippo|hc18_demo_budget|save] ...
 # Each grid is run by two workers (the same command started twice, each on its own core with one thread; a job's
 # lock file hands every job to one of them). Finished jobs' result files are kept in the repository
 # (documentation/benchmarks/<grid>/jobs/) and copied back into WORK first, so a fresh machine resumes the grid
@@ -38,11 +38,16 @@ grid() {  # grid NAME COMMIT ARGS...: restore, then two workers on that commit's
     [ -d "$kept" ] && jobs_copy "$kept" "$WORK/$name"
     # CORE=k: one worker on core k in the foreground (a core freed by the other worker's last job starts the next
     # grid at once); default: two workers, one per core
-    for core in ${CORE:-0 1}; do
+    # THREADS=t: one worker with t threads on every core instead (a job too long for one core within a session; its
+    # time per iteration is then not comparable to jobs run on one core)
+    if [ -n "${THREADS:-}" ]; then
+        PYTHONPATH=$pythonpath OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS semi_nnUNet_benchmark "$@" \
+            -o "$WORK/$name" -device cpu -np 1 > "$WORK/$name.threads$THREADS.log" 2>&1 &
+    else for core in ${CORE:-0 1}; do
         PYTHONPATH=$pythonpath taskset -c $core semi_nnUNet_benchmark "$@" -o "$WORK/$name" -device cpu -np 1 \
             > "$WORK/$name.worker$core.log" 2>&1 &
         [ -n "${CORE:-}" ] || sleep 120  # the first worker plans and preprocesses; the second waits on their lock
-    done
+    done; fi
     wait
     jobs_copy "$WORK/$name" "$kept"
 }
@@ -118,6 +123,13 @@ for what in "${@:-hc18}"; do case $what in
     # 3D: one worker on core 1 (CORE=1), the methods' code of the HC18 8000-iteration grid (12c7689); 600 iterations,
     # because one 3D step costs 3.1 s (baseline) and 7.1 s (Mean Teacher) on one core of this CPU: baseline and Mean
     # Teacher of one seed fit a session; Semi-CervixSeg uniform is the 2D winner (issue 17)
+    # the 3D baseline's seeds 1-2 alone (about 40 minutes of one core each): jobs that fit one session, where the
+    # Semi-CervixSeg job (stage 0 and stage 1, about 2 h 50 min of one core) does not
+    hippo_base) grid hippo_grid 12c7689 -d 840 -c 3d_fullres --labeled 10 -tr --epochs 12 --iterations 50 --repeats 3 ;;
+    # Semi-CervixSeg's 3D seed 0 alone with both cores' threads (run with nothing else on the machine): 2 h 50 min on
+    # one core does not fit a session
+    hippo_sc) THREADS=${THREADS:-2} grid hippo_grid 12c7689 -d 840 -c 3d_fullres --labeled 10 \
+        -tr SemiCervixTrainer_uniform --no-hco --stages 1 --epochs 12 --iterations 50 --repeats 1 ;;
     hippo) grid hippo_grid 12c7689 -d 840 -c 3d_fullres --labeled 10 \
         -tr MeanTeacherTrainer SemiCervixTrainer_uniform --no-hco --stages 1 \
         --epochs 12 --iterations 50 --repeats 3 ;;
@@ -127,5 +139,5 @@ for what in "${@:-hc18}"; do case $what in
     hc18_demo_budget) grid hc18_demo_budget a28f4f9 -d 832 -c 2d --labeled 5 \
         -tr SemiCervixTrainer_uniform --no-hco --stages 1 --epochs 20 --iterations 50 --repeats 3 ;;
     save) save ;;
-    *) echo "unknown grid $what (hc18, hc18_new, hc18_b160_base, hc18_b160_first, hc18_b160_um0, hc18_b160_sc0, hc18_b160_n20base, hc18_b160_n20, hc18_b160_schco, hc18_b160, hc18_b160_more, hippo, hc18_demo_budget, save)"; exit 2 ;;
+    *) echo "unknown grid $what (hc18, hc18_new, hc18_b160_base, hc18_b160_first, hc18_b160_um0, hc18_b160_sc0, hc18_b160_n20base, hc18_b160_n20, hc18_b160_schco, hc18_b160, hc18_b160_more, hippo_base, hippo_sc, hippo, hc18_demo_budget, save)"; exit 2 ;;
 esac; done
