@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The converged, multi-seed label-efficiency grids recorded in documentation/benchmarks.md (issue: a benchmark that
 # can be trusted). Resumable: rerun the same script and only unfinished jobs run. Usage:
-#   DATA=/path/to/data WORK=/path/with/space bash benchmarks/label_efficiency_grids.sh [hc18|hc18_new|hc18_b160_base|hc18_b160_first|hc18_b160_um0|hc18_b160_sc0|hc18_b160_n20base|hc18_b160_n20|hc18_b160_schco|hc18_b160|hc18_b160_more|hippo_base|hippo_sc|hippo|hc18_demo_budget|save] ...
+#   DATA=/path/to/data WORK=/path/with/space bash benchmarks/label_efficiency_grids.sh [hc18|hc18_new|hc18_b160_base|hc18_b160_first|hc18_b160_um0|hc18_b160_sc0|hc18_b160_n20base|hc18_b160_n20|hc18_b160_schco|hc18_b160|hc18_b160_more|hc18_b160_mt|hc18_b160_hermes|hc18_b160_um|hc18_b160_scb|hippo_base|hippo_sc|hippo|hc18_demo_budget|save] ...
 # Each grid is run by two workers (the same command started twice, each on its own core with one thread; a job's
 # lock file hands every job to one of them). Finished jobs' result files are kept in the repository
 # (documentation/benchmarks/<grid>/jobs/) and copied back into WORK first, so a fresh machine resumes the grid
@@ -116,6 +116,16 @@ for what in "${@:-hc18}"; do case $what in
     hc18_b160_schco) grid hc18_b160 12c7689 -d 832 -c 2d --labeled 5 all \
         -tr SemiCervixTrainer_uniform_HCO --no-hco --stages 1 \
         --epochs 160 --iterations 50 --repeats 3 ;;
+    # the other seeds of the one-seed rows, one method per entry so that a core runs what fits the session's time
+    # left (one job at this budget on one core: Mean Teacher about 25 min, Hermes 50, UniMatch 55, Semi-CervixSeg 80)
+    hc18_b160_mt) grid hc18_b160 12c7689 -d 832 -c 2d --labeled 5 all -tr MeanTeacherTrainer --no-hco \
+        --epochs 160 --iterations 50 --repeats 3 ;;
+    hc18_b160_hermes) grid hc18_b160 12c7689 -d 832 -c 2d --labeled 5 all -tr HermesTrainer --no-hco \
+        --epochs 160 --iterations 50 --repeats 3 ;;
+    hc18_b160_um) grid hc18_b160 12c7689 -d 832 -c 2d --labeled 5 all -tr UniMatchTrainer --no-hco \
+        --epochs 160 --iterations 50 --repeats 3 ;;
+    hc18_b160_scb) grid hc18_b160 12c7689 -d 832 -c 2d --labeled 5 all -tr SemiCervixTrainer --no-hco --stages 1 \
+        --epochs 160 --iterations 50 --repeats 3 ;;
     hc18_b160_more) grid hc18_b160 03d1c94 -d 832 -c 2d --labeled 5 all \
         -tr SelfTrainingTrainer_conf90 MeanTeacherTrainer_HCO MeanTeacherTrainer MeanTeacherTrainer_lrx1p6 \
         SelfTrainingTrainer SemiCervixTrainer_uniform --no-hco --stages 1 \
@@ -139,5 +149,5 @@ for what in "${@:-hc18}"; do case $what in
     hc18_demo_budget) grid hc18_demo_budget a28f4f9 -d 832 -c 2d --labeled 5 \
         -tr SemiCervixTrainer_uniform --no-hco --stages 1 --epochs 20 --iterations 50 --repeats 3 ;;
     save) save ;;
-    *) echo "unknown grid $what (hc18, hc18_new, hc18_b160_base, hc18_b160_first, hc18_b160_um0, hc18_b160_sc0, hc18_b160_n20base, hc18_b160_n20, hc18_b160_schco, hc18_b160, hc18_b160_more, hippo_base, hippo_sc, hippo, hc18_demo_budget, save)"; exit 2 ;;
+    *) echo "unknown grid $what (hc18, hc18_new, hc18_b160_base, hc18_b160_first, hc18_b160_um0, hc18_b160_sc0, hc18_b160_n20base, hc18_b160_n20, hc18_b160_schco, hc18_b160, hc18_b160_more, hc18_b160_mt, hc18_b160_hermes, hc18_b160_um, hc18_b160_scb, hippo_base, hippo_sc, hippo, hc18_demo_budget, save)"; exit 2 ;;
 esac; done
