@@ -119,9 +119,10 @@ def make_subset(source: str, target_raw: str, dataset_id: int, n: int, seed: int
 
 def trainer_names(trainers: Sequence[str], baseline: str, epochs: Optional[int], iterations: Optional[int],
                   hco: bool, dims: int = 2) -> List[str]:
-    """The names to train: the baseline, then each trainer (and its ``_HCO`` variant), with the budget applied.
-    Every name is resolved now, so a typo or a 2D-only method on a 3D configuration fails before anything trains."""
-    from semi_nnunet.trainers.lookup import find_trainer_class
+    """The names to train: the baseline, then each trainer (and its ``_HCO`` variant, where HCO can take the
+    trainer's settings), with the budget applied. Every name is resolved and its settings checked now, so a typo, a
+    2D-only method on a 3D configuration or settings that cannot train fail before anything trains."""
+    from semi_nnunet.trainers.lookup import TrainingError, check_trainer_settings, find_trainer_class
     budget = "" if not epochs else f"_{epochs}epochs_{iterations}it"
     names = [baseline + budget]
     for t in trainers:
@@ -135,9 +136,16 @@ def trainer_names(trainers: Sequence[str], baseline: str, epochs: Optional[int],
                                  "leave it out, or benchmark the 2d configuration.")
         names.append(t + budget)
         if hco and not t.endswith("_HCO"):
-            names.append(t + budget + "_HCO")
+            try:
+                check_trainer_settings(t + budget + "_HCO")
+                names.append(t + budget + "_HCO")
+            except TrainingError as e:  # a variant HCO cannot take (uniform stage sampling): compared without it
+                print(f"Note: no HCO row for {t}: {e.problem}")
     for name in names:
-        find_trainer_class(name)
+        try:
+            check_trainer_settings(name)
+        except TrainingError as e:  # an unknown name, or settings that cannot train: said as -tr's problem
+            raise BenchmarkError(e.problem, f"-tr {name}", e.fix) from None
     return list(dict.fromkeys(names))
 
 

@@ -171,7 +171,18 @@ class SemiSupervisedTrainer(ScheduleMixin, nnUNetTrainer):
         return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
 
     # ------------------------------------------------------------------ set-up
+    @classmethod
+    def settings_problem(cls) -> Optional[str]:
+        """Why this class's attribute settings cannot train, or None. Checked from the class alone, so
+        :func:`semi_nnunet.trainers.lookup.check_trainer_settings` refuses a bad combination before any training (a
+        staged trainer's later stages included) and ``initialize`` refuses it again. A subclass with a rule extends
+        it and returns ``super().settings_problem()`` otherwise."""
+        return None
+
     def initialize(self):
+        problem = self.settings_problem()
+        if problem:
+            raise ValueError(problem)
         super().initialize()
         if self.use_teacher:
             self.teacher = make_teacher(self.unwrapped_network())

@@ -80,6 +80,23 @@ def find_trainer_class(name: str) -> type:
                             "ours and their variants).") from None
 
 
+def check_trainer_settings(name: str) -> type:
+    """The trainer class of ``name``, refused now (before any training) when its settings, or those of the stages
+    a staged trainer makes, cannot train: e.g. HCO on Semi-CervixSeg's uniform stage sampling, which would otherwise
+    fail only when stage 1 starts, after the whole initial training."""
+    cls = find_trainer_class(name)
+    classes = [cls]
+    if getattr(cls, "num_stages", 0) and getattr(cls, "stage_trainer", None):
+        from semi_nnunet.trainers.generated import stage_variant
+        classes.append(stage_variant(cls, 1))  # every later stage carries the same settings
+    for c in classes:
+        problem = getattr(c, "settings_problem", lambda: None)()
+        if problem:
+            raise TrainingError(problem, f"trainer {name}", "choose a variant whose settings go together (see "
+                                "documentation/training.md), or set the attributes in a subclass of your own.")
+    return cls
+
+
 def with_optimizer(trainer: str, optimizer: Optional[str]) -> str:
     """``--optimizer``: the trainer's optimizer variant name (``MeanTeacherTrainer`` + ``hco_adamw`` ->
     ``MeanTeacherTrainer_hco_adamw``), checked to be a semi-supervised trainer. HCO on the trainer's own optimizer is

@@ -86,13 +86,16 @@ class PseudoLabelTrainer(SemiSupervisedTrainer):
             initial_patch_size, self.configuration_manager.patch_size, self.label_manager,
             oversample_foreground_percent=self.oversample_foreground_percent, transforms=transforms))
 
+    @classmethod
+    def settings_problem(cls) -> Optional[str]:
+        if cls.pseudo_sampling not in ("balanced", "uniform"):
+            return f"{cls.__name__}.pseudo_sampling = {cls.pseudo_sampling!r}: use 'balanced' or 'uniform'."
+        if cls.pseudo_sampling == "uniform" and (cls.optimizer_name or "").startswith(("hco", "co_")):
+            return (f"{cls.__name__}: pseudo_sampling 'uniform' leaves most batches without a labeled patch, and "
+                    f"{cls.optimizer_name} trusts the labeled gradient; use 'balanced' with HCO.")
+        return super().settings_problem()
+
     def initialize(self):
-        if self.pseudo_sampling not in ("balanced", "uniform"):
-            raise ValueError(f"{type(self).__name__}.pseudo_sampling = {self.pseudo_sampling!r}: use 'balanced' or "
-                             f"'uniform'.")
-        if self.pseudo_sampling == "uniform" and (self.optimizer_name or "").startswith(("hco", "co_")):
-            raise ValueError(f"{type(self).__name__}: pseudo_sampling 'uniform' leaves most batches without a labeled "
-                             f"patch, and {self.optimizer_name} trusts the labeled gradient; use 'balanced' with HCO.")
         super().initialize()
         self._labeled_in_batch: Optional[int] = None
         self.pseudo_loss = self.loss

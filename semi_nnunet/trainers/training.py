@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple, Union
 
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
 
-from semi_nnunet.trainers.lookup import TrainingError, find_trainer_class, register_with_nnunet
+from semi_nnunet.trainers.lookup import TrainingError, check_trainer_settings, register_with_nnunet
 
 Fold = Union[int, str]
 
@@ -146,7 +146,7 @@ def check_request(request: TrainRequest, dry_run: bool = False,
     from semi_nnunet.planners.plan_and_preprocess_api import find_dataset_name
     from semi_nnunet.trainers.base import unlabeled_preprocessed
     trainer, dataset = request.trainer, request.dataset
-    trainer_class = find_trainer_class(trainer)  # fails early, with close matches, before any fold starts
+    trainer_class = check_trainer_settings(trainer)  # fails early, with close matches, before any fold starts
     if not getattr(trainer_class, "requires_labels", True) and (trainer_class.optimizer_name or "").startswith("hco"):
         raise TrainingError(f"{trainer} learns without labels, so HCO has no labeled gradient to trust.",
                             "--optimizer", "use --optimizer sgd or adamw.")

@@ -87,6 +87,16 @@ def test_bad_benchmark_input_fails_before_training(tmp_path, nnunet_paths, capsy
     assert trainer_names(["MeanTeacherTrainer"], "nnUNetTrainer", 3, 4, True) == [
         "nnUNetTrainer_3epochs_4it", "MeanTeacherTrainer_3epochs_4it", "MeanTeacherTrainer_3epochs_4it_HCO"]
     assert trainer_names([], "nnUNetTrainer", 3, 4, True) == ["nnUNetTrainer_3epochs_4it"]  # the baseline alone
+    # HCO cannot take Semi-CervixSeg's uniform stage sampling: asked for, refused before any training (not when
+    # stage 1 starts); added by the HCO default, left out with a note
+    with pytest.raises(BenchmarkError, match=r"uniform' leaves most batches without a labeled patch(.|\n)*"
+                                             r"where: -tr SemiCervixTrainer_uniform_HCO_3epochs_4it"):
+        trainer_names(["SemiCervixTrainer_uniform_HCO"], "nnUNetTrainer", 3, 4, False)
+    capsys.readouterr()
+    assert trainer_names(["SemiCervixTrainer_uniform", "SemiCervixTrainer"], "nnUNetTrainer", 3, 4, True) == [
+        "nnUNetTrainer_3epochs_4it", "SemiCervixTrainer_uniform_3epochs_4it", "SemiCervixTrainer_3epochs_4it",
+        "SemiCervixTrainer_3epochs_4it_HCO"]
+    assert "Note: no HCO row for SemiCervixTrainer_uniform" in capsys.readouterr().out
     assert parse_labeled(["20", "all", "5", "5"]) == ["5", "20", "all"]
 
 

@@ -129,3 +129,25 @@ def test_uniform_pseudo_sampling_draws_labeled_patches_by_their_share(tmp_path, 
     hco = find_trainer_class("SemiCervixTrainer_uniform_HCO_stage1")
     with pytest.raises(ValueError, match="uniform' leaves most batches without a labeled patch"):
         hco({**plans, "continue_training": False}, "2d", 0, dataset_json, torch.device("cpu")).initialize()
+
+
+@pytest.mark.parametrize("trainer, refused", [
+    ("SemiCervixTrainer_uniform_HCO", True),  # its stages: uniform sampling under HCO
+    ("SemiCervixTrainer_uniform_HCO_stage2", True),
+    ("SemiCervixTrainer_uniform_5epochs_2it_HCO", True),
+    ("SemiCervixTrainer_HCO", False),  # 1:1 batches: every batch has labeled patches to trust
+    ("SemiCervixTrainer_uniform", False),
+])
+def test_settings_that_cannot_train_are_refused_before_training(trainer, refused):
+    """semi_nnUNet_train checks a trainer's settings, and those of the stages it will make, before any fold starts:
+    HCO on uniform stage sampling used to fail only when stage 1 initialised, after the whole stage-0 training."""
+    from semi_nnunet.trainers.lookup import TrainingError, check_trainer_settings, find_trainer_class
+    from semi_nnunet.trainers.training import TrainRequest, check_request
+    if not refused:
+        assert check_trainer_settings(trainer) is find_trainer_class(trainer)
+        return
+    with pytest.raises(TrainingError, match=rf"uniform' leaves most batches(.|\n)*where: trainer {trainer}"):
+        check_trainer_settings(trainer)
+    # the train command's first check: refused before the dataset is even looked up (999 does not exist)
+    with pytest.raises(TrainingError, match="use 'balanced' with HCO"):
+        check_request(TrainRequest(dataset=999, configuration="2d", trainer=trainer, device="cpu"))
