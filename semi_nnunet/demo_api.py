@@ -16,7 +16,7 @@ DEMO_DATASET_ID = 990
 DEMO_DATASET_NAME = "HC18Demo"
 # The supervised baseline and the method the multi-seed benchmark shows best (BENCHMARK_SUMMARY; a test keeps the two
 # in agreement), both on the demo's budget.
-DEFAULT_TRAINERS = ("nnUNetTrainer_demo", "SemiCervixTrainer_uniform_demo")
+DEFAULT_TRAINERS = ("nnUNetTrainer_demo", "HermesTrainer_demo")
 # The headline benchmark's summary, refreshed with semi_nnunet.benchmarking.report.write_summary from the results.json
 # it names (documentation/benchmarks/); the demo prints it next to its own single short runs.
 BENCHMARK_SUMMARY = join(os.path.dirname(os.path.abspath(__file__)), "demo_data", "benchmark_summary.json")

@@ -27,8 +27,9 @@ Before anything trains the grid's cost is estimated (:mod:`semi_nnunet.benchmark
 Time per iteration is the median epoch duration (from nnU-Net's own epoch timestamps in the checkpoint, pooled over a
 staged trainer's stages) divided by iterations per epoch; an epoch also holds its validation iterations (one per five
 training iterations in a budget variant) and nnU-Net's per-epoch bookkeeping, the same for every trainer, so the ratio
-is a slight underestimate of the pure training-step ratio (``benchmarks/step_time.py`` measures that). The jobs run
-one after the other on the same machine, so the baseline and a method are measured under the same conditions.
+is a slight underestimate of the pure training-step ratio (``benchmarks/step_time.py`` measures that). A worker runs
+its jobs one after the other, so with one worker on an otherwise idle machine the baseline and a method are measured
+under the same conditions; jobs run by several workers at once, or on different days, carry those conditions too.
 Training time is the sum of the epoch durations (startup and final validation excluded), so it survives resuming.
 
 Resumable: a subset, a preprocessing, a trained model (its final checkpoint), a prediction (per case), an evaluation
