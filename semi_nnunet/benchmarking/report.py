@@ -68,6 +68,25 @@ def _row(name: str, runs: Dict[int, dict], base_runs: Dict[int, dict], ceiling: 
     return row
 
 
+def _variants(methods: Dict[str, dict], runs: Dict[str, Dict[int, dict]], budget: dict, baseline: str) -> List[dict]:
+    """Each variant row against the trainer it modifies, when both are in the subset: ``X_HCO`` against ``X``,
+    ``SemiCervixTrainer_uniform`` against ``SemiCervixTrainer`` (the longest other method name, budget removed, that
+    the variant's name extends with ``_``), paired by training seed like the difference to the baseline. The baseline
+    is never the base here: every row already has its difference to it."""
+    free = {name: _budget_free(name, budget) for name in methods if name != baseline}
+    out = []
+    for name, short in free.items():
+        bases = [b for b, b_short in free.items() if b != name and short.startswith(b_short + "_")]
+        if not bases:
+            continue
+        base = max(bases, key=lambda b: len(free[b]))
+        d = paired_difference({s: r["per_case"]["Dice"] for s, r in runs[name].items()},
+                              {s: r["per_case"]["Dice"] for s, r in runs[base].items()})
+        if d:
+            out.append({"variant": name, "base": base, "difference": d})
+    return out
+
+
 def aggregate(meta: dict, results: List[dict]) -> dict:
     """The report's content: ``meta`` (command, budget, ...) plus one entry per subset with a row per trainer."""
     by: Dict[tuple, Dict[int, dict]] = defaultdict(dict)
@@ -91,7 +110,9 @@ def aggregate(meta: dict, results: List[dict]) -> dict:
         if methods:
             any_run = next(iter(by[(label, next(iter(methods)))].values()))
             out["subsets"].append({"label": label, "n_labeled": int(any_run["n_labeled"]), "methods": methods,
-                                   "n_test": any_run["n_test"]})
+                                   "n_test": any_run["n_test"],
+                                   "variants": _variants(methods, {n: by[(label, n)] for n in methods},
+                                                         meta["budget"], baseline)})
     flags = [s["methods"][baseline]["convergence"] for s in out["subsets"] if baseline in s["methods"]]
     out["converged"] = None if not flags or any(f["converged"] is None for f in flags) else \
         all(f["converged"] for f in flags)
@@ -204,6 +225,20 @@ def markdown(results: dict) -> str:
               "Dice is higher. Intervals: bootstrap over test cases (10,000 resamples, seeds averaged per case).", ""]
     if ceiling or len(results["subsets"]) > 1:
         lines += ["![gap recovery](gap_recovery.png) ![Dice vs labeled cases](dice_vs_labeled.png)", ""]
+    variants = [(s["label"], v) for s in results["subsets"] for v in s.get("variants", [])]
+    if variants:
+        lines += ["## Variants against the trainer they modify", "",
+                  "Does the optimizer option (`_HCO`), the sampling (`_uniform`) or the threshold (`_conf90`) help? "
+                  "Each variant minus the trainer it modifies, paired by training seed, intervals as above.", "",
+                  "| labeled | variant | against | seeds | Δ Dice [95 % CI] | ahead in | per seed |",
+                  "|---|---|---|---|---|---|---|"]
+        for label, v in variants:
+            d = v["difference"]
+            lines.append(f"| {label} | {v['variant']} | {v['base']} | {len(d['seeds'])} | "
+                         f"{_f(d['mean'], 4, True)} [{_f(d['ci95'][0], 4, True)}, {_f(d['ci95'][1], 4, True)}] | "
+                         f"{d['ahead']} of {len(d['seeds'])} | "
+                         + ", ".join(_f(x, 4, True) for x in d["per_seed"].values()) + " |")
+        lines.append("")
     if flags:
         lines += ["## Convergence of the supervised baseline", "",
                   "| labeled | test Dice at half budget | at full budget | change | converged |",

@@ -278,6 +278,34 @@ def test_report_from_job_results_without_training(tmp_path):
     assert "per_case" not in json.dumps(summ)
 
 
+def test_a_variant_is_compared_with_the_trainer_it_modifies(tmp_path):
+    """X_HCO against X (paired by seed, the same bootstrap), the longest base that the name extends, budget suffix
+    removed; a name that merely starts with another's letters is no variant, and the baseline is no base."""
+    from semi_nnunet.benchmarking.report import aggregate, markdown
+    tag = "_10epochs_5it"
+    names = ["B", "M", "M_HCO", "MX", "M_uniform", "M_uniform_HCO", "B_lrx2"]
+    meta = {"source": "/data/X", "configuration": "2d", "subset_seed": 0, "training_seeds": [0, 1], "device": "cpu",
+            "budget": {"epochs": 10, "iterations_per_epoch": 5, "stages": None}, "baseline": "B" + tag,
+            "trainers": [n + tag for n in names], "labeled": ["3"], "jobs_total": 14,
+            "command": "semi_nnUNet_benchmark -d X --labeled 3 -tr M -o b", "date": "2026-12-07"}
+    dice = {"B": ([0.7, 0.8], [0.7, 0.8]), "M": ([0.75, 0.85], [0.8, 0.9]), "M_HCO": ([0.8, 0.9], [0.8, 0.9]),
+            "MX": ([0.7, 0.7], [0.7, 0.7]), "M_uniform": ([0.7, 0.8], [0.7, 0.8]),
+            "M_uniform_HCO": ([0.6, 0.8], [0.7, 0.8]), "B_lrx2": ([0.7, 0.8], [0.7, 0.8])}
+    results = [_job_result("3", n + tag, s, dice[n][s]) for n in names for s in range(2)]
+    variants = {v["variant"][:-len(tag)]: v for v in aggregate(meta, results)["subsets"][0]["variants"]}
+    assert {k: v["base"][:-len(tag)] for k, v in variants.items()} == {
+        "M_HCO": "M", "M_uniform": "M", "M_uniform_HCO": "M_uniform"}
+    hco = variants["M_HCO"]["difference"]
+    assert hco["per_seed"] == {"0": pytest.approx(0.05), "1": pytest.approx(0.0)} and hco["ahead"] == 1
+    assert hco["mean"] == pytest.approx(0.025) and hco["ci95"] == [pytest.approx(0.025)] * 2
+    assert variants["M_uniform_HCO"]["difference"]["mean"] == pytest.approx(-0.025)
+    md = markdown(aggregate(meta, results))
+    assert "## Variants against the trainer they modify" in md
+    assert f"| 3 | M_HCO{tag} | M{tag} | 2 | +0.0250 [+0.0250, +0.0250] | 1 of 2 | +0.0500, +0.0000 |" in md
+    only_base = [r for r in results if r["trainer"] in ("B" + tag, "M" + tag)]
+    assert "## Variants" not in markdown(aggregate({**meta, "trainers": ["B" + tag, "M" + tag]}, only_base))
+
+
 def test_rewrite_report_rebuilds_a_folder_from_its_job_files_with_this_code(tmp_path):
     """rewrite_report: the job files copied elsewhere (a repository) and the recorded command are enough to write the
     report again; the trainers and n of the command are 'this command', the rest of the folder is reported too."""
