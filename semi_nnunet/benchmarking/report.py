@@ -275,7 +275,8 @@ def markdown(results: dict) -> str:
               "(the first one both have), not a test across seeds. time/it: median epoch time per training "
               "iteration, ratio to the baseline trained with the same seed (each worker runs its jobs one after the "
               "other; jobs that shared the machine with other work, or ran on other days, carry those conditions "
-              "too: a step-time comparison measured side by side is the speed number to quote); staged trainers are evaluated at their last stage and their time sums every stage.", ""]
+              "too: a step-time comparison measured side by side is the speed number to quote); staged trainers "
+              "are evaluated at their last stage and their time sums every stage.", ""]
     return "\n".join(lines)
 
 
