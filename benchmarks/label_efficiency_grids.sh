@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The converged, multi-seed label-efficiency grids recorded in documentation/benchmarks.md (issue: a benchmark that
 # can be trusted). Resumable: rerun the same script and only unfinished jobs run. Usage:
-#   DATA=/path/to/data WORK=/path/with/space bash benchmarks/label_efficiency_grids.sh [hc18|hc18_new|hc18_b160_base|hc18_b160_first|hc18_b160_um0|hc18_b160_sc0|hc18_b160_n20base|hc18_b160_n20|hc18_b160_schco|hc18_b160|hc18_b160_more|hc18_b160_mt|hc18_b160_hermes|hc18_b160_hermeshco|hc18_b160_um|hc18_b160_scb|hippo_base|hippo_sc|hippo_st|hippo_scsoft|hippo_mt|hippo|hc18_demo_budget|hc18_demo_budget_hermes|save] ...
+#   DATA=/path/to/data WORK=/path/with/space bash benchmarks/label_efficiency_grids.sh [hc18|hc18_new|hc18_b160_base|hc18_b160_first|hc18_b160_um0|hc18_b160_sc0|hc18_b160_n20base|hc18_b160_n20|hc18_b160_schco|hc18_b160|hc18_b160_more|hc18_b160_mt|hc18_b160_hermes|hc18_b160_hermeshco|hc18_b160_um|hc18_b160_scb|hippo_base|hippo_sc|hippo_st|hippo_scsoft|hippo_mt|hippo|hc18_demo_budget|hc18_demo_budget_hermes|hc18_demo_budget_hermeshco|save] ...
 # Each grid is run by two workers (the same command started twice, each on its own core with one thread; a job's
 # lock file hands every job to one of them). Finished jobs' result files are kept in the repository
 # (documentation/benchmarks/<grid>/jobs/) and copied back into WORK first, so a fresh machine resumes the grid
@@ -170,6 +170,9 @@ for what in "${@:-hc18}"; do case $what in
     # follows the converged benchmark's best row); the baseline jobs are the entry above's (same nnUNetTrainer code)
     hc18_demo_budget_hermes) grid hc18_demo_budget 12c7689 -d 832 -c 2d --labeled 5 \
         -tr HermesTrainer --no-hco --epochs 20 --iterations 50 --repeats 3 ;;
+    # HCO on Hermes at the demo's budget: the demo trains the converged grid's best row, which HCO on Hermes may be
+    hc18_demo_budget_hermeshco) grid hc18_demo_budget 12c7689 -d 832 -c 2d --labeled 5 \
+        -tr HermesTrainer_HCO --no-hco --epochs 20 --iterations 50 --repeats 3 ;;
     save) save ;;
-    *) echo "unknown grid $what (hc18, hc18_new, hc18_b160_base, hc18_b160_first, hc18_b160_um0, hc18_b160_sc0, hc18_b160_n20base, hc18_b160_n20, hc18_b160_schco, hc18_b160, hc18_b160_more, hc18_b160_mt, hc18_b160_hermes, hc18_b160_hermeshco, hc18_b160_um, hc18_b160_scb, hippo_base, hippo_sc, hippo_st, hippo_scsoft, hippo_mt, hippo, hc18_demo_budget, hc18_demo_budget_hermes, save)"; exit 2 ;;
+    *) echo "unknown grid $what (hc18, hc18_new, hc18_b160_base, hc18_b160_first, hc18_b160_um0, hc18_b160_sc0, hc18_b160_n20base, hc18_b160_n20, hc18_b160_schco, hc18_b160, hc18_b160_more, hc18_b160_mt, hc18_b160_hermes, hc18_b160_hermeshco, hc18_b160_um, hc18_b160_scb, hippo_base, hippo_sc, hippo_st, hippo_scsoft, hippo_mt, hippo, hc18_demo_budget, hc18_demo_budget_hermes, hc18_demo_budget_hermeshco, save)"; exit 2 ;;
 esac; done

@@ -38,7 +38,7 @@ def test_the_demo_trains_the_benchmarks_best_method_and_prints_the_benchmark():
     give (no number in them typed by hand), and the demo's budget is the one that benchmark measured."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
-    from semi_nnunet.benchmarking.report import best_method, summary
+    from semi_nnunet.benchmarking.report import best_method, reliably_ahead, summary
     from semi_nnunet.demo_api import BENCHMARK_SUMMARY, DEFAULT_TRAINERS, DEMO_BUDGET_SUMMARY, benchmark_context
     from semi_nnunet.trainers.variants import nnUNetTrainer_demo
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,8 +56,35 @@ def test_the_demo_trains_the_benchmarks_best_method_and_prints_the_benchmark():
     row = next(r for r in packaged["rows"] if r["method"] == best)
     demo_row = next(r for r in demo["rows"] if r["method"] == best)
     assert f"{row['delta']:+.4f}" in text and f"{demo_row['delta']:+.4f}" in text
-    assert ("At the demo's budget " + best + (" is ahead" if best_method(demo, demo_row["labeled"]) == best
-                                              else " is NOT ahead")) in text
+    assert ("At the demo's budget " + best + (" is ahead" if reliably_ahead(demo, demo_row) else " is NOT ahead")) \
+        in text
+
+
+def test_every_method_ahead_in_every_seed_is_called_ahead_not_only_the_best(tmp_path, monkeypatch):
+    """The demo's verdict on each of its methods at its budget: ahead when that row is ahead in every seed with an
+    interval above zero, even where another method is ahead by more."""
+    import semi_nnunet.demo_api as demo_api
+    from semi_nnunet.utilities.file_ops import save_json_atomic
+
+    def row(method, delta, ahead, low):
+        return {"labeled": "5", "method": method, "evaluated_model": method, "baseline": delta is None, "seeds": 3,
+                "dice": 0.9 + (delta or 0), "dice_std": 0.0, "delta": delta, "ahead": ahead,
+                "delta_ci95": None if delta is None else [low, low + 0.01], "gap_recovery": None,
+                "gap_recovery_ci95": None, "time_per_iteration_ratio": 1.0}
+    summ = {"source": "documentation/benchmarks/x/results.json", "dataset": "D", "date": "2026-12-07",
+            "command": None, "budget": {"epochs": 20, "iterations_per_epoch": 50, "stages": None},
+            "configuration": "2d", "training_seeds": [0, 1, 2], "converged": True, "jobs_done": 12, "jobs_total": 12,
+            "trainings": 12, "baseline": "B",
+            "rows": [row("B", None, None, 0), row("A", 0.008, 3, 0.003), row("C", 0.007, 3, 0.002),
+                     row("D", 0.005, 2, -0.001)]}
+    save_json_atomic(summ, str(tmp_path / "summary.json"))
+    monkeypatch.setattr(demo_api, "DEMO_BUDGET_SUMMARY", str(tmp_path / "summary.json"))
+    monkeypatch.setattr(demo_api, "BENCHMARK_SUMMARY", str(tmp_path / "summary.json"))
+    text = demo_api.benchmark_context({"nnUNetTrainer_demo": 0.9, "A_demo": 0.91, "C_demo": 0.9, "D_demo": 0.9,
+                                       "E_demo": 0.9})
+    assert "At the demo's budget A is ahead" in text and "At the demo's budget C is ahead" in text
+    assert "At the demo's budget D is NOT ahead" in text and "E was not measured" in text
+    assert "Best in this benchmark: A" in text
 
 
 @pytest.mark.slow  # three trainings (baseline, stage 0, stage 1) and a pseudo-labelling pass on the bundled data

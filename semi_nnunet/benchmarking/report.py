@@ -391,13 +391,18 @@ def summary(results: dict) -> dict:
             "rows": rows}
 
 
-def best_method(summ: dict, label: str) -> "str | None":
-    """The method with the largest mean paired difference at ``label`` among those trained with every training seed
-    of the benchmark and ahead of the baseline in each, with an interval above zero; None when no method is (a row
-    whose other seeds are still running does not count yet)."""
+def reliably_ahead(summ: dict, row: dict) -> bool:
+    """Whether a summary row was trained with every training seed of the benchmark and is ahead of the baseline in
+    each, with an interval above zero (a row whose other seeds are still running does not count yet)."""
     seeds = len(summ.get("training_seeds") or []) or 1
-    ahead = [r for r in summ["rows"] if r["labeled"] == label and not r["baseline"] and r["delta"] is not None
-             and r["seeds"] >= seeds and r["ahead"] == r["seeds"] and r["delta_ci95"][0] > 0]
+    return not row["baseline"] and row["delta"] is not None and row["seeds"] >= seeds \
+        and row["ahead"] == row["seeds"] and row["delta_ci95"][0] > 0
+
+
+def best_method(summ: dict, label: str) -> "str | None":
+    """The method with the largest mean paired difference at ``label`` among those :func:`reliably_ahead`; None when
+    no method is."""
+    ahead = [r for r in summ["rows"] if r["labeled"] == label and reliably_ahead(summ, r)]
     return max(ahead, key=lambda r: r["delta"])["method"] if ahead else None
 
 

@@ -49,6 +49,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from semi_nnunet.trainers.lookup import TrainingError
 from semi_nnunet.trainers.base import SemiSupervisedTrainer
+from semi_nnunet.trainers.generated import hco_counterpart
 from semi_nnunet.trainers.hermes_losses import (
     MemoryBank,
     classwise_confidence_thresholds,
@@ -349,3 +350,8 @@ class HermesTrainer_2epochs_2it(HermesTrainer):
 class HermesTrainer_demo(HermesTrainer):
     """Hermes on the demo's CPU budget (same schedule as nnUNetTrainer_demo)."""
     schedule = nnUNetTrainer_demo.schedule
+
+
+class HermesTrainer_HCO_demo(HermesTrainer_demo):
+    """HCO on Hermes on the demo's CPU budget: the converged benchmark's largest row (the demo's default)."""
+    optimizer_name = hco_counterpart(HermesTrainer.optimizer_name)
