@@ -1,7 +1,7 @@
 """The project stands alone: no documentation page, README, docstring or comment names a path outside the repository
 (the development machines' shared folder, a home or work directory), including the benchmark reports under
-documentation/benchmarks/ (results.md writes working folders by name). Their raw JSON records name the folders the
-runs used and are not checked."""
+documentation/benchmarks/ (results.md writes working folders by name) and their text outputs. Their raw JSON
+records name the folders the runs used and are not checked."""
 import os
 import re
 
@@ -14,7 +14,7 @@ def _files():
         for folder, dirs, files in os.walk(os.path.join(REPO, top)):
             dirs[:] = [d for d in dirs if d not in ("__pycache__", "demo_data")]
             for name in files:
-                if name.endswith((".md", ".py", ".sh")) or name == "run":
+                if name.endswith((".md", ".py", ".sh", ".txt")) or name == "run":
                     yield os.path.join(folder, name)
     yield os.path.join(REPO, "semi_nnunet", "demo_data", "benchmark_summary.json")
     for name in ("README.md", "setup.py"):
