@@ -143,16 +143,23 @@ def _ms(d: dict, digits: int) -> str:
     return "-" if d is None or math.isnan(d["mean"]) else f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
 
 
-def _diff(row: dict) -> str:
-    d = row.get("difference_vs_baseline")
+def _difference(d: dict) -> str:
+    """A paired difference (statistics.paired_difference) as ``mean [low, high]``."""
     if not d:
         return "-"
     return f"{_f(d['mean'], 4, True)} [{_f(d['ci95'][0], 4, True)}, {_f(d['ci95'][1], 4, True)}]"
 
 
-def _ahead(row: dict) -> str:
-    d = row.get("difference_vs_baseline")
+def _ahead_of(d: dict) -> str:
     return "-" if not d else f"{d['ahead']} of {len(d['seeds'])}"
+
+
+def _diff(row: dict) -> str:
+    return _difference(row.get("difference_vs_baseline"))
+
+
+def _ahead(row: dict) -> str:
+    return _ahead_of(row.get("difference_vs_baseline"))
 
 
 def _gap(row: dict) -> str:
@@ -234,10 +241,8 @@ def markdown(results: dict) -> str:
                   "|---|---|---|---|---|---|---|"]
         for label, v in variants:
             d = v["difference"]
-            lines.append(f"| {label} | {v['variant']} | {v['base']} | {len(d['seeds'])} | "
-                         f"{_f(d['mean'], 4, True)} [{_f(d['ci95'][0], 4, True)}, {_f(d['ci95'][1], 4, True)}] | "
-                         f"{d['ahead']} of {len(d['seeds'])} | "
-                         + ", ".join(_f(x, 4, True) for x in d["per_seed"].values()) + " |")
+            lines.append(f"| {label} | {v['variant']} | {v['base']} | {len(d['seeds'])} | {_difference(d)} | "
+                         f"{_ahead_of(d)} | " + ", ".join(_f(x, 4, True) for x in d["per_seed"].values()) + " |")
         lines.append("")
     if flags:
         lines += ["## Convergence of the supervised baseline", "",
